@@ -1,0 +1,154 @@
+"""Hook specifications: what a cafe plugin can provide.
+
+A plugin is a module (or any object) with functions named after these hooks, decorated with
+:data:`cafe_core.hookimpl`, made discoverable through the ``cafe`` entry-point group::
+
+    # pyproject.toml of cafe-plugin-xyz
+    [project.entry-points.cafe]
+    xyz = "cafe_xyz.plugin"
+
+Every hook receives a ``register`` callable rather than returning values, so one hook can register any
+number of components, and the host knows which plugin registered what::
+
+    register(name, target, *, params=None, aliases=(), description="")
+
+``name``
+    The name specs use (``name = "xyz"``). Unique across all plugins: a second registration of the same
+    name is an error that names both plugins.
+``target``
+    The component class (or any callable returning the component), or a lazy ``"module:attr"`` string.
+    Prefer the string: the module, and whatever heavy library it imports, loads only when a run uses it.
+``params``
+    A pydantic model class declaring the constructor's keyword arguments, validated before anything is
+    built (``extra="forbid"`` is applied). ``None`` means the component takes no parameters.
+``aliases``
+    Other names that resolve to the same component.
+``description``
+    One line shown by ``cafe plugins``.
+
+The component is built as ``target(**params)``. What each kind of component must implement is in
+:mod:`cafe_core.protocols`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+PROJECT_NAME = "cafe"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+Register = Callable[..., Any]
+
+
+@hookspec
+def cafe_register_backbones(register: Register) -> None:
+    """Register backbones: models that map images to token activations, block by block.
+
+    A backbone implements :class:`cafe_core.protocols.Backbone`: ``preprocess(images)``,
+    ``forward_to(x, layer)`` running blocks ``0..layer`` only, and the token geometry (``grid_size``,
+    ``patch_size``, ``prefix_tokens``).
+
+    Example
+    -------
+    ::
+
+        from pydantic import BaseModel
+        from cafe_core import hookimpl
+
+        class MyViTParams(BaseModel):
+            model: str
+            checkpoint: str | None = None
+
+        @hookimpl
+        def cafe_register_backbones(register):
+            register("my_vit", "cafe_myvit.backbone:MyViT", params=MyViTParams,
+                     description="My ViT family")
+    """
+
+
+@hookspec
+def cafe_register_saes(register: Register) -> None:
+    """Register SAE architectures and the checkpoint formats that load them.
+
+    An SAE implements :class:`cafe_core.protocols.SAE`; ``encode_latents(h, latents)`` must touch only the
+    requested rows of the encoder, since an explanation needs one latent, not the dictionary. The component
+    is usually built from a checkpoint path given in its params.
+
+    Example
+    -------
+    ::
+
+        @hookimpl
+        def cafe_register_saes(register):
+            register("gated", "cafe_gated.sae:GatedSAE.load", params=GatedParams,
+                     description="Gated SAE (safetensors)")
+    """
+
+
+@hookspec
+def cafe_register_attributors(register: Register) -> None:
+    """Register attribution methods that explain a latent as a heatmap over input patches.
+
+    An attributor implements :class:`cafe_core.protocols.Attributor`:
+    ``attribute(target, x, context) -> Attribution`` with a ``[B, gh, gw]`` heatmap, plus the capability
+    flags ``needs_grad`` and ``conserves_relevance``. Method knobs are its params; batch size, device and
+    seed come from ``context``. Check it with :func:`cafe_core.testing.check_attributor`.
+
+    Example
+    -------
+    ::
+
+        class SmoothGradParams(BaseModel):
+            n_samples: int = 16
+            noise: float = 0.1
+
+        @hookimpl
+        def cafe_register_attributors(register):
+            register("smoothgrad", "cafe_smooth.method:SmoothGrad", params=SmoothGradParams,
+                     aliases=("smooth_grad",), description="Gradient averaged over noisy copies")
+    """
+
+
+@hookspec
+def cafe_register_metrics(register: Register) -> None:
+    """Register faithfulness metrics that score a heatmap against the model.
+
+    A metric implements :class:`cafe_core.protocols.Metric`:
+    ``evaluate(target, x, heatmap, context) -> MetricResult`` and ``higher_is_better``. Check it with
+    :func:`cafe_core.testing.check_metric`.
+
+    Example
+    -------
+    ::
+
+        @hookimpl
+        def cafe_register_metrics(register):
+            register("pointing_game", "cafe_pg.metric:PointingGame", params=None,
+                     description="Top patch inside the annotated mask")
+    """
+
+
+@hookspec
+def cafe_register_datasets(register: Register) -> None:
+    """Register image sources.
+
+    A dataset implements :class:`cafe_core.protocols.Dataset`: ``len``, indexing and iteration over
+    :class:`cafe_core.protocols.ImageItem` with stable ``image_id`` values (the run store keys results on
+    them, which is what makes resuming possible).
+
+    Example
+    -------
+    ::
+
+        class ImageNetValParams(BaseModel):
+            root: pathlib.Path
+            limit: int | None = None
+
+        @hookimpl
+        def cafe_register_datasets(register):
+            register("imagenet_val", "cafe_imagenet.data:ImageNetVal", params=ImageNetValParams)
+    """

@@ -1,0 +1,125 @@
+"""From a validated spec to built components, with the checks that need the components themselves."""
+
+from __future__ import annotations
+
+import pathlib
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import SpecError
+from .protocols import RunContext
+from .selection import fixed_position
+from .spec import ResolvedComponent, RunSpec, resolve
+
+__all__ = ["RunPlan", "prepare", "make_context"]
+
+
+def make_context(spec: RunSpec) -> RunContext:
+    """The :class:`RunContext` of a spec (``device = "auto"`` picks CUDA when available)."""
+    device = spec.run.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError([("run.device", f"{device!r} requested but CUDA is not available; use 'auto' or 'cpu'")])
+    return RunContext(
+        batch_size=spec.run.batch_size,
+        device=torch.device(device),
+        dtype=getattr(torch, spec.run.dtype),
+        seed=spec.run.seed,
+    )
+
+
+@dataclass
+class RunPlan:
+    """Everything a run needs, built and checked."""
+
+    spec: RunSpec
+    context: RunContext
+    resolved: dict[str, list[ResolvedComponent]]
+    backbone: Any
+    saes: list[Any]
+    dataset: Any
+    attributors: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def versions(self, host: Any) -> dict[str, Any]:
+        """Versions of cafe, torch, Python and every plugin that provided a component of this run."""
+        plugins = {}
+        for entries in self.resolved.values():
+            for entry in entries:
+                plugin = entry.registration.plugin
+                info = host.plugins.get(plugin)
+                plugins[plugin] = {
+                    "distribution": info.distribution if info else None,
+                    "version": info.version if info else None,
+                }
+        return {
+            "cafe-core": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "plugins": plugins,
+        }
+
+    def higher_is_better(self) -> dict[str, bool]:
+        """Direction of each metric, by label."""
+        return {label: bool(getattr(metric, "higher_is_better", True)) for label, metric in self.metrics.items()}
+
+
+def _check_saes(backbone: Any, saes: list[Any], spec: RunSpec) -> list[tuple[str, str]]:
+    problems = []
+    for i, sae in enumerate(saes):
+        path = f"sae[{i}]" if len(saes) > 1 else "sae"
+        layer = getattr(sae, "layer", None)
+        if layer is None:
+            problems.append((f"{path}.layer", "the SAE does not record its layer; set `layer = L` in its section"))
+        elif not 0 <= layer < backbone.depth:
+            problems.append(
+                (f"{path}.layer", f"layer {layer} is past the backbone's {backbone.depth} blocks "
+                 f"(valid: 0..{backbone.depth - 1}, the output of that block)")
+            )
+        if sae.d_in != backbone.width:
+            problems.append(
+                (path, f"the SAE reads {sae.d_in}-dim activations but the backbone's tokens are {backbone.width}-dim; "
+                 "it was trained on another model")
+            )
+        if spec.targets.latents is not None:
+            bad = [n for n in spec.targets.latents if n >= sae.d_sae]
+            if bad:
+                problems.append(("targets.latents", f"latents {bad} do not exist in an SAE of {sae.d_sae} latents"))
+    return problems
+
+
+def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> RunPlan:
+    """Resolve, validate and build every component of ``spec``.
+
+    Raises
+    ------
+    SpecError
+        Every problem found, with its path in the spec: unknown names, bad params, a layer past the
+        backbone's depth, an SAE of the wrong width, a position the backbone does not have.
+    """
+    resolved = resolve(spec, host, base_dir)
+    context = make_context(spec)
+    backbone = resolved["backbone"][0].build().to(device=context.device, dtype=context.dtype)
+    saes = [entry.build().to(device=context.device, dtype=context.dtype) for entry in resolved["sae"]]
+    problems = _check_saes(backbone, saes, spec)
+    try:
+        fixed_position(spec.targets.position, backbone)
+    except SpecError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems)
+    return RunPlan(
+        spec=spec,
+        context=context,
+        resolved=resolved,
+        backbone=backbone,
+        saes=saes,
+        dataset=resolved["data"][0].build(),
+        attributors={entry.label: entry.build() for entry in resolved["attributors"]},
+        metrics={entry.label: entry.build() for entry in resolved["metrics"]},
+    )

@@ -1,0 +1,231 @@
+"""``run(spec)``: explain the selected latents on every image and score every heatmap."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import tempfile
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import CafeError
+from .executors import Executor, InProcessExecutor, WorkUnit
+from .plan import RunPlan, prepare
+from .plugins import get_host
+from .protocols import Attribution, MetricResult, TargetFunction
+from .results import Results
+from .selection import SelectedTarget, select_targets
+from .spec import RunSpec, load_spec
+from .store import RunDirectoryError, RunStore
+
+__all__ = ["run", "NonFiniteError"]
+
+# Execution settings that do not change results, so a run may resume with other values.
+_EXECUTION_ONLY = ("batch_size", "device")
+
+
+class NonFiniteError(CafeError):
+    """A model input, activation or heatmap contains NaN or infinity."""
+
+
+def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    spec = {**spec, "run": {k: v for k, v in spec.get("run", {}).items() if k not in _EXECUTION_ONLY}}
+    return spec
+
+
+def _open_store(directory: pathlib.Path, plan: RunPlan, host: Any) -> RunStore:
+    store = RunStore(directory)
+    canonical = plan.spec.canonical()
+    previous = store.get_meta("spec")
+    if previous is not None and _comparable(previous) != _comparable(canonical):
+        changed = sorted(k for k in set(previous) | set(canonical) if _comparable(previous).get(k) != _comparable(canonical).get(k))
+        store.close()
+        raise RunDirectoryError(
+            f"{directory} holds a run of a different spec (sections that differ: {', '.join(changed)}); "
+            "use another output directory to start a new run, or the original spec to resume"
+        )
+    if previous is None:
+        store.set_meta("spec", canonical)
+        store.set_meta("versions", plan.versions(host))
+        store.set_meta("seed", plan.spec.run.seed)
+    store.set_meta("higher_is_better", plan.higher_is_better())
+    return store
+
+
+def _check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteError(f"{what} contains NaN or infinite values; {fix}")
+
+
+def _metric_rows(
+    store_key: list[tuple], attributor: str, label: str, result: MetricResult
+) -> list[tuple]:
+    rows = []
+    for i, key in enumerate(store_key):
+        info = {name: float(values[i]) for name, values in result.info.items()}
+        rows.append(
+            (
+                *key, attributor, label, float(result.score[i]),
+                None if result.curve is None else result.curve[i],
+                None if result.raw_curve is None else result.raw_curve[i],
+                result.fractions,
+                info,
+            )
+        )
+    return rows
+
+
+class _UnitWorker:
+    """Does one unit of work: targets, heatmaps and scores for a batch of images."""
+
+    def __init__(self, plan: RunPlan, store: RunStore) -> None:
+        self.plan = plan
+        self.store = store
+
+    def __call__(self, unit: WorkUnit) -> None:
+        plan, context = self.plan, self.plan.context
+        items = [plan.dataset[i] for i in unit.indices]
+        image_ids = [item.image_id for item in items]
+        x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
+        _check_finite(x, f"preprocessed images {image_ids}", "check the image files")
+        for sae in plan.saes:
+            selected = self._select(sae, x, image_ids)
+            self.store.write_batch(
+                targets=[
+                    (image_ids[s.image_row], s.target.layer, s.target.latent, s.target.position, s.position_name,
+                     s.activation, s.status)
+                    for s in selected
+                ]
+            )
+            explained = [s for s in selected if s.status == "explained"]
+            for label, attributor in plan.attributors.items():
+                self._explain(sae, x, image_ids, explained, label, attributor)
+        self.store.write_batch(unit=unit.key)
+
+    def _select(self, sae: Any, x: torch.Tensor, image_ids: list[str]) -> list[SelectedTarget]:
+        targets = self.plan.spec.targets
+        with torch.no_grad():
+            h = self.plan.backbone.forward_to(x, sae.layer)
+            _check_finite(h, f"activations at layer {sae.layer} of images {image_ids}",
+                          "the backbone weights may be corrupt; check the checkpoint")
+            codes = sae.encode(h)
+            if targets.latents is not None:
+                codes = codes[..., torch.as_tensor(targets.latents, device=codes.device)]
+        return select_targets(
+            codes, image_ids=image_ids, layer=sae.layer, backbone=self.plan.backbone, latents=targets.latents,
+            select=targets.select, count=targets.count, position=targets.position,
+            min_activation=targets.min_activation, seed=self.plan.spec.run.seed,
+        )
+
+    def _explain(
+        self, sae: Any, x: torch.Tensor, image_ids: list[str], explained: Sequence[SelectedTarget], label: str,
+        attributor: Any,
+    ) -> None:
+        metrics = self.plan.metrics
+        todo = []
+        for s in explained:
+            key = (image_ids[s.image_row], s.target.layer, s.target.latent, s.target.position)
+            missing = set(metrics) - self.store.scored_metrics(key, label)
+            if missing or not self.store.has_heatmap(key, label):
+                todo.append((s, key, missing))
+        batch = self.plan.context.batch_size
+        for start in range(0, len(todo), batch):
+            self._explain_chunk(sae, x, todo[start : start + batch], label, attributor)
+
+    def _explain_chunk(self, sae: Any, x: torch.Tensor, chunk: list, label: str, attributor: Any) -> None:
+        plan, context = self.plan, self.plan.context
+        rows = torch.as_tensor([s.image_row for s, _, _ in chunk], device=x.device)
+        keys = [key for _, key, _ in chunk]
+        xs = x[rows]
+        target = TargetFunction.for_targets(plan.backbone, sae, [s.target for s, _, _ in chunk])
+        stored = [self.store.heatmap(key, label) for key in keys]
+        heatmap_rows = []
+        if any(h is None for h in stored):
+            attribution = attributor.attribute(target, xs, context)
+            if not isinstance(attribution, Attribution):
+                raise CafeError(f"attributor {label!r} returned {type(attribution).__name__}, not an Attribution")
+            heatmap = attribution.heatmap.detach()
+            expected = (len(chunk), *plan.backbone.grid_size)
+            if tuple(heatmap.shape) != expected:
+                raise CafeError(f"attributor {label!r} returned a heatmap of shape {tuple(heatmap.shape)}, expected {expected}")
+            _check_finite(heatmap, f"the heatmap of attributor {label!r} for {keys[0]}...",
+                          "try run.dtype = \"float64\", or report it to the plugin's authors")
+            heatmap_rows = [
+                (*key, label, heatmap[i], {k: float(v[i]) for k, v in attribution.info.items()})
+                for i, key in enumerate(keys)
+            ]
+        else:
+            heatmap = torch.as_tensor(np.stack(stored), device=x.device, dtype=x.dtype)
+        score_rows = []
+        for metric_label, metric in plan.metrics.items():
+            needed = [i for i, (_, _, missing) in enumerate(chunk) if metric_label in missing]
+            if not needed:
+                continue
+            index = torch.as_tensor(needed, device=x.device)
+            result = metric.evaluate(target.select(index), xs[index], heatmap[index], context)
+            score_rows += _metric_rows([keys[i] for i in needed], label, metric_label, result)
+        self.store.write_batch(heatmaps=heatmap_rows, scores=score_rows)
+
+
+def _units(n_images: int, batch_size: int) -> list[WorkUnit]:
+    return [
+        WorkUnit(key=f"images[{start}:{min(start + batch_size, n_images)}]",
+                 indices=tuple(range(start, min(start + batch_size, n_images))))
+        for start in range(0, n_images, batch_size)
+    ]
+
+
+def run(
+    spec: RunSpec | dict[str, Any] | str | pathlib.Path,
+    out: str | pathlib.Path | None = None,
+    *,
+    host: Any = None,
+    executor: Executor | None = None,
+    progress: bool | None = None,
+) -> Results:
+    """Explain and score everything a spec asks for.
+
+    Parameters
+    ----------
+    spec : RunSpec, dict, or path to a TOML file
+        The run spec.
+    out : path, optional
+        Run directory. If it already holds a run of the same spec, only what is missing is computed.
+        Defaults to a new temporary directory.
+    host : PluginHost, optional
+        The plugins to use; defaults to every installed plugin.
+    executor : Executor, optional
+        How units of work are executed; defaults to in-process.
+    progress : bool, optional
+        Show a progress bar; defaults to whether stderr is a terminal.
+
+    Returns
+    -------
+    Results
+        The tidy table (also written to ``<out>/results.csv``), heatmaps and curves.
+    """
+    host = host or get_host()
+    spec, base_dir = load_spec(spec)
+    plan = prepare(spec, host, base_dir)
+    directory = pathlib.Path(out) if out is not None else pathlib.Path(tempfile.mkdtemp(prefix="cafe-run-"))
+    torch.manual_seed(spec.run.seed)
+    n_images = len(plan.dataset) if spec.run.limit is None else min(spec.run.limit, len(plan.dataset))
+    with _open_store(directory, plan, host) as store:
+        (directory / "spec.json").write_text(_json(plan.spec.canonical()))
+        (directory / "versions.json").write_text(_json(store.get_meta("versions")))
+        done = store.finished_units()
+        units = [u for u in _units(n_images, spec.run.batch_size) if u.key not in done]
+        show = sys.stderr.isatty() if progress is None else progress
+        with tqdm(total=len(units), desc="cafe run", unit="batch", disable=not show) as bar:
+            (executor or InProcessExecutor()).execute(units, _UnitWorker(plan, store), bar.update)
+    results = Results(directory)
+    results.to_csv()
+    return results
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,7 @@
+"""Insertion and deletion faithfulness metrics for cafe.
+
+The metrics are registered through the ``cafe`` entry point (:mod:`cafe_faithfulness.plugin`); import
+:mod:`cafe_faithfulness.curves` directly only to use them without the plugin host.
+"""
+
+__version__ = "0.1.0"

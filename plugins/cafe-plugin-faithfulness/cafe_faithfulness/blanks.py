@@ -1,0 +1,85 @@
+"""What a missing patch shows: the blank images of insertion and deletion."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DEFAULT_BLUR_FRACTION", "blur_radius", "gaussian_blur", "make_blank"]
+
+DEFAULT_BLUR_FRACTION = 0.1
+"""Default blur sigma as a fraction of the smaller image side: strong enough to erase object detail."""
+
+
+def blur_radius(sigma: float, height: int, width: int) -> int:
+    """Half-width of the blur kernel: ``ceil(3 * sigma)``, at most ``min(height, width) - 1``.
+
+    The bound keeps reflect padding valid (it cannot reach further than the image's own width).
+    """
+    return max(0, min(math.ceil(3.0 * sigma), min(height, width) - 1))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of every channel of ``x [B, C, H, W]``.
+
+    A separable convolution (``conv2d``, one channel at a time) with a normalised Gaussian kernel truncated
+    at :func:`blur_radius`, the image extended by reflection (``F.pad(mode="reflect")``, which does not
+    repeat the edge pixel).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Images ``[B, C, H, W]``.
+    sigma : float
+        Standard deviation in pixels (> 0).
+
+    Returns
+    -------
+    torch.Tensor
+        Blurred images, same shape and dtype as ``x``.
+    """
+    if sigma <= 0:
+        raise ValueError(f"blur sigma must be positive, got {sigma}")
+    _, c, h, w = x.shape
+    radius = blur_radius(sigma, h, w)
+    if radius == 0:
+        return x.clone()
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(device=x.device, dtype=x.dtype)
+    rows = kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1)
+    cols = kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1)
+    out = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), rows, groups=c)
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), cols, groups=c)
+
+
+def make_blank(x: torch.Tensor, kind: str, blur_sigma: float | None = None) -> torch.Tensor:
+    """The blank image of each row of ``x [B, C, H, W]`` (in model-input space).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Model inputs ``[B, C, H, W]``.
+    kind : {"zeros", "mean", "blur"}
+        ``"zeros"``: a zero input (the normalisation mean colour for a normalised model input).
+        ``"mean"``: each image's per-channel mean colour. ``"blur"``: :func:`gaussian_blur` of the image.
+        Normalisation is affine per channel, so the mean and the blur of the normalised image are the
+        normalised mean and blur of the raw image.
+    blur_sigma : float, optional
+        Blur standard deviation in pixels; default :data:`DEFAULT_BLUR_FRACTION` times the smaller side.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, C, H, W]``.
+    """
+    if kind == "zeros":
+        return torch.zeros_like(x)
+    if kind == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    if kind == "blur":
+        sigma = blur_sigma if blur_sigma is not None else DEFAULT_BLUR_FRACTION * min(x.shape[-2:])
+        return gaussian_blur(x, sigma)
+    raise ValueError(f"unknown blank {kind!r}; expected 'zeros', 'mean' or 'blur'")

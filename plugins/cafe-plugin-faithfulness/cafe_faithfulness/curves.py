@@ -1,0 +1,176 @@
+"""Insertion and deletion curves: the latent as ranked patches are put back into, or taken out of, the image."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cafe_core.patches import patches_to_pixels, rank_patches
+from cafe_core.protocols import MetricResult, RunContext, TargetFunction
+
+from .blanks import make_blank
+
+__all__ = ["Deletion", "Insertion", "PatchCurve", "curve_counts", "ranked_masks"]
+
+_BLANKS = ("zeros", "blur", "mean")
+
+
+def curve_counts(n_patches: int, steps: int) -> list[int]:
+    """Patches changed at each point of a curve: ``0, steps, 2 * steps, ...`` and always ``n_patches`` last.
+
+    There are ``ceil(n_patches / steps) + 1`` points.
+    """
+    return list(range(0, n_patches, steps)) + [n_patches]
+
+
+def ranked_masks(heatmap: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Which patches are among the ``count`` most relevant, for every count.
+
+    Parameters
+    ----------
+    heatmap : torch.Tensor
+        ``[B, gh, gw]``; ranked with :func:`cafe_core.patches.rank_patches`.
+    counts : list of int
+        Number of top patches marked at each of the ``S`` points.
+
+    Returns
+    -------
+    torch.Tensor
+        Boolean ``[B, S, gh, gw]``.
+    """
+    b, gh, gw = heatmap.shape
+    order = rank_patches(heatmap)
+    rank_of = torch.empty_like(order)
+    rank_of.scatter_(1, order, torch.arange(gh * gw, device=order.device).expand(b, -1))
+    limits = torch.as_tensor(counts, device=order.device)
+    return (rank_of[:, None, :] < limits[None, :, None]).reshape(b, len(counts), gh, gw)
+
+
+class PatchCurve:
+    """Shared implementation of :class:`Insertion` and :class:`Deletion`.
+
+    Parameters
+    ----------
+    steps : int
+        Patches inserted or removed between two points of the curve (at least 1).
+    blank : {"zeros", "blur", "mean"}
+        What a missing patch shows (see :func:`cafe_faithfulness.blanks.make_blank`).
+    blur_sigma : float, optional
+        Blur standard deviation in pixels, for ``blank="blur"``.
+    clip : bool
+        Clamp the normalised curve to ``[0, 1]`` before taking its area.
+    """
+
+    higher_is_better: bool
+    inserting: bool
+
+    def __init__(
+        self, steps: int = 1, blank: str = "zeros", blur_sigma: float | None = None, clip: bool = True
+    ) -> None:
+        if int(steps) < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if blank not in _BLANKS:
+            raise ValueError(f"unknown blank {blank!r}; expected one of {_BLANKS}")
+        if blur_sigma is not None and blur_sigma <= 0:
+            raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
+        self.steps = int(steps)
+        self.blank = blank
+        self.blur_sigma = blur_sigma
+        self.clip = bool(clip)
+
+    def evaluate(
+        self, target: TargetFunction, x: torch.Tensor, heatmap: torch.Tensor, context: RunContext
+    ) -> MetricResult:
+        """Score ``heatmap [B, gh, gw]`` for the rows of ``x [B, 3, H, W]``.
+
+        Parameters
+        ----------
+        target : TargetFunction
+            The latent and token of each row.
+        x : torch.Tensor
+            Model inputs ``[B, 3, H, W]``.
+        heatmap : torch.Tensor
+            ``[B, gh, gw]`` relevance of each patch; only its ranking matters.
+        context : RunContext
+            ``batch_size`` bounds the images per forward pass.
+
+        Returns
+        -------
+        MetricResult
+            ``score [B]`` the area under ``curve [B, S]`` over ``fractions [S]`` (patches changed / all
+            patches); ``raw_curve`` the normalised curve before clipping; ``info["full_z"]`` the latent on
+            the full image (a row where it is zero or not finite scores NaN) and ``info["raw_auc"]`` the
+            area under ``raw_curve``.
+        """
+        backbone = target.backbone
+        gh, gw = backbone.grid_size
+        ph, pw = backbone.patch_size
+        b = len(x)
+        if len(target) != b:
+            raise ValueError(f"input has {b} rows but the target function has {len(target)}")
+        if tuple(heatmap.shape) != (b, gh, gw):
+            raise ValueError(
+                f"heatmap must have shape [B, gh, gw] = {[b, gh, gw]} (one value per patch token of the "
+                f"backbone's {gh}x{gw} grid), got {list(heatmap.shape)}"
+            )
+        if tuple(x.shape[-2:]) != (gh * ph, gw * pw):
+            raise ValueError(
+                f"input is {x.shape[-2]}x{x.shape[-1]} but the backbone's grid covers "
+                f"{gh * ph}x{gw * pw} pixels ({gh}x{gw} patches of {ph}x{pw})"
+            )
+
+        n_patches = gh * gw
+        counts = curve_counts(n_patches, self.steps)
+        n_points = len(counts)
+        masks = ranked_masks(heatmap.to(x.device), counts).reshape(b * n_points, gh, gw)
+        blank = make_blank(x, self.blank, self.blur_sigma)
+        rows_of = torch.arange(b, device=x.device).repeat_interleave(n_points)
+        repeated = target.repeat_interleave(n_points)
+
+        values = []
+        with torch.no_grad():
+            for start in range(0, b * n_points, context.batch_size):
+                chunk = slice(start, start + context.batch_size)
+                rows = rows_of[chunk]
+                changed = patches_to_pixels(masks[chunk].to(x.dtype), (ph, pw))[:, None]
+                kept = changed if self.inserting else 1 - changed
+                composite = blank[rows] * (1 - kept) + x[rows] * kept
+                values.append(repeated.select(chunk)(composite))
+        curve = torch.cat(values).float().reshape(b, n_points)
+
+        full_z = curve[:, -1] if self.inserting else curve[:, 0]
+        valid = torch.isfinite(full_z) & (full_z != 0)
+        raw = curve / torch.where(valid, full_z, torch.ones_like(full_z))[:, None]
+        raw = torch.where(valid[:, None], raw, torch.full_like(raw, math.nan))
+        scored = raw.clamp(0.0, 1.0) if self.clip else raw
+        fractions = torch.as_tensor(counts, dtype=raw.dtype, device=raw.device) / n_patches
+        return MetricResult(
+            score=torch.trapezoid(scored, fractions, dim=1),
+            curve=scored,
+            raw_curve=raw,
+            fractions=fractions,
+            info={"full_z": full_z, "raw_auc": torch.trapezoid(raw, fractions, dim=1)},
+        )
+
+
+class Insertion(PatchCurve):
+    """Insertion: start from the blank image and put patches back, most relevant first.
+
+    A faithful heatmap makes the latent recover quickly, so a higher area is better. See
+    :class:`PatchCurve` for the parameters.
+    """
+
+    higher_is_better = True
+    inserting = True
+
+
+class Deletion(PatchCurve):
+    """Deletion: start from the image and blank patches out, most relevant first.
+
+    A faithful heatmap makes the latent collapse quickly, so a lower area is better. See
+    :class:`PatchCurve` for the parameters.
+    """
+
+    higher_is_better = False
+    inserting = False

@@ -1,0 +1,245 @@
+"""A timm VisionTransformer seen as a :class:`cafe_core.protocols.Backbone`."""
+
+from __future__ import annotations
+
+import numbers
+import pathlib
+from typing import Any, Sequence
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .errors import TimmBackboneError
+from .models import create_vit
+from .params import check_options
+from .preprocess import ImagePreprocessor
+
+__all__ = ["TimmViT"]
+
+
+class TimmViT:
+    """Any timm VisionTransformer, read at the output of one block.
+
+    The token sequence is ``[prefix tokens..., patch tokens...]``: the class token (if any), a distillation
+    token (DeiT distilled models), then register tokens, followed by ``gh * gw`` patch tokens in row-major
+    order. The model is put in eval mode; its parameters keep their ``requires_grad``.
+
+    Parameters
+    ----------
+    model : str
+        timm model name, e.g. ``"vit_small_patch16_224"``.
+    pretrained : bool
+        Let timm fetch the pretrained weights (network access or a filled hub cache).
+    checkpoint : path-like, optional
+        Local state dict (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) to load; exclusive with ``pretrained``.
+    img_size : int, optional
+        Square input size (default: the model's own).
+    model_kwargs : dict, optional
+        Further keyword arguments of ``timm.create_model``.
+
+    Attributes
+    ----------
+    model : timm.models.vision_transformer.VisionTransformer
+        The module, in eval mode.
+    model_name : str
+        The timm name it was created from.
+    depth, width : int
+        Number of blocks and token width.
+    image_size, patch_size, grid_size : tuple of int
+        ``(H, W)`` input size, ``(ph, pw)`` pixels per patch and ``(gh, gw)`` patches per column and row.
+    prefix_tokens : tuple of str
+        ``("cls",)``, ``("cls", "reg0", ...)``, ``("reg0", ...)`` or ``()``.
+
+    Raises
+    ------
+    TimmBackboneError
+        For inconsistent settings, a model that is not a VisionTransformer, weights that cannot be loaded, or
+        an image size that is not a multiple of the patch size.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        pretrained: bool = False,
+        checkpoint: pathlib.Path | str | None = None,
+        img_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        model_kwargs = dict(model_kwargs or {})
+        checkpoint = check_options(model, pretrained, checkpoint, img_size, model_kwargs)
+        net = create_vit(model, pretrained=pretrained, img_size=img_size, model_kwargs=model_kwargs)
+        if checkpoint is not None:
+            load_checkpoint(net, checkpoint, model)
+        net.eval()
+
+        self.model = net
+        self.model_name = model
+        self.checkpoint = checkpoint
+        self.depth = len(net.blocks)
+        self.width = int(net.embed_dim)
+        embed = net.patch_embed
+        self.image_size = _pair(embed.img_size)
+        self.patch_size = _pair(embed.patch_size)
+        self.grid_size = _pair(embed.grid_size)
+        if any(s != g * p for s, g, p in zip(self.image_size, self.grid_size, self.patch_size)):
+            raise TimmBackboneError(
+                f"image size {self.image_size} of {model!r} is not a multiple of its patch size {self.patch_size}, "
+                "so patches would not tile the image; set img_size to a multiple of the patch size"
+            )
+        self.prefix_tokens = _prefix_names(net)
+        self._preprocess = ImagePreprocessor(net, self.image_size)
+
+    # Geometry -------------------------------------------------------------------------------------------
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Number of tokens before the patch tokens."""
+        return len(self.prefix_tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        """Length ``T`` of the token sequence."""
+        return self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+
+    def token_to_patch(self, index: int) -> tuple[int, int] | None:
+        """``(row, col)`` of the patch at token ``index``, or None for a prefix token.
+
+        Raises
+        ------
+        TimmBackboneError
+            If ``index`` is not in ``[0, num_tokens)``.
+        """
+        index = self._check_index(index, self.num_tokens, "token index")
+        if index < self.num_prefix_tokens:
+            return None
+        return divmod(index - self.num_prefix_tokens, self.grid_size[1])
+
+    def patch_to_token(self, row: int, col: int) -> int:
+        """Token index of the patch at ``(row, col)`` of the ``grid_size`` grid.
+
+        Raises
+        ------
+        TimmBackboneError
+            If the patch is outside the grid.
+        """
+        row = self._check_index(row, self.grid_size[0], "patch row")
+        col = self._check_index(col, self.grid_size[1], "patch column")
+        return self.num_prefix_tokens + row * self.grid_size[1] + col
+
+    # Device -----------------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model parameters live."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating point type of the model parameters (and of :meth:`preprocess` outputs)."""
+        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TimmViT":
+        """Move the model to ``device`` and/or cast it to the floating point ``dtype``; returns ``self``."""
+        if dtype is not None and not dtype.is_floating_point:
+            raise TimmBackboneError(f"dtype must be a floating point type such as torch.float32, got {dtype}")
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``[3, 1, 1]`` normalisation mean, on the model's device and dtype."""
+        return self._preprocess.mean.to(self.device, self.dtype)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """``[3, 1, 1]`` normalisation std: model inputs are ``(pixels - mean) / std``."""
+        return self._preprocess.std.to(self.device, self.dtype)
+
+    # Computation -----------------------------------------------------------------------------------------
+
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        """Model inputs ``[B, 3, H, W]`` of PIL images or ``[3, H, W]`` tensors in ``[0, 1]``.
+
+        PIL images (any mode and size) are converted to RGB, resized and center-cropped to ``image_size`` with
+        the model's pretrained evaluation transform, then normalised. Tensors are resized to ``image_size``
+        (bilinear, antialiased) and normalised with the same ``mean`` and ``std``.
+        """
+        return self._preprocess(images).to(self.device, self.dtype)
+
+    def forward_to(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Token activations ``[B, T, D]`` at the output of block ``layer``.
+
+        Runs the patch embedding, position embedding, ``norm_pre`` and blocks ``0..layer`` only: never the
+        later blocks, the final norm or the head. Gradients flow if ``x`` requires them.
+
+        Raises
+        ------
+        TimmBackboneError
+            If ``layer`` is not an int in ``[0, depth)`` or ``x`` is not ``[B, 3, H, W]`` at ``image_size``.
+        """
+        layer = self._check_index(layer, self.depth, "layer")
+        self._check_input(x)
+        net = self.model
+        h = net.patch_embed(x)
+        h = net._pos_embed(h)
+        h = net.patch_drop(h)
+        h = net.norm_pre(h)
+        for block in net.blocks[: layer + 1]:
+            h = block(h)
+        return h
+
+    # Checks ----------------------------------------------------------------------------------------------
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TimmBackboneError(
+                f"forward_to expects images [B, 3, H, W], got {shape}; build the input with preprocess(images)"
+            )
+        if tuple(x.shape[-2:]) != self.image_size:
+            raise TimmBackboneError(
+                f"input images are {tuple(x.shape[-2:])} but {self.model_name!r} expects {self.image_size}; "
+                "resize them with preprocess(images), or build the backbone with img_size matching the images"
+            )
+
+    @staticmethod
+    def _check_index(value: Any, size: int, what: str) -> int:
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TimmBackboneError(f"{what} must be an int in [0, {size - 1}], got {value!r}")
+        if not 0 <= int(value) < size:
+            raise TimmBackboneError(f"{what} {value} is out of range; valid values are 0..{size - 1}")
+        return int(value)
+
+    def __repr__(self) -> str:
+        return (
+            f"TimmViT({self.model_name!r}, depth={self.depth}, width={self.width}, image_size={self.image_size}, "
+            f"patch_size={self.patch_size}, prefix_tokens={self.prefix_tokens})"
+        )
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, numbers.Integral):
+        return (int(value), int(value))
+    first, second = value
+    return (int(first), int(second))
+
+
+def _prefix_names(net: torch.nn.Module) -> tuple[str, ...]:
+    names: list[str] = []
+    if getattr(net, "cls_token", None) is not None:
+        names.append("cls")
+    if getattr(net, "dist_token", None) is not None:
+        names.append("dist")
+    reg = getattr(net, "reg_token", None)
+    if reg is not None:
+        names += [f"reg{i}" for i in range(reg.shape[1])]
+    expected = int(getattr(net, "num_prefix_tokens", len(names)))
+    if len(names) != expected:
+        raise TimmBackboneError(
+            f"{type(net).__name__} has {expected} prefix tokens but only {names} could be named; this variant "
+            "orders its tokens differently from timm's VisionTransformer and is not supported"
+        )
+    return tuple(names)
