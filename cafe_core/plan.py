@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import SpecError
+from .errors import CafeError, SpecError
 from .protocols import RunContext
 from .selection import fixed_position
-from .spec import ResolvedComponent, RunSpec, resolve
+from .spec import ResolvedComponent, RunSpec, resolve_partially
 
 __all__ = ["RunPlan", "prepare", "make_context"]
 
@@ -102,15 +102,33 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         Every problem found, with its path in the spec: unknown names, bad params, a layer past the
         backbone's depth, an SAE of the wrong width, a position the backbone does not have.
     """
-    resolved = resolve(spec, host, base_dir)
-    context = make_context(spec)
-    backbone = resolved["backbone"][0].build().to(device=context.device, dtype=context.dtype)
-    saes = [entry.build().to(device=context.device, dtype=context.dtype) for entry in resolved["sae"]]
-    problems = _check_saes(backbone, saes, spec)
+    resolved, problems = resolve_partially(spec, host, base_dir)
     try:
-        fixed_position(spec.targets.position, backbone)
+        context = make_context(spec)
     except SpecError as exc:
-        problems.extend(exc.problems)
+        problems += exc.problems
+        context = RunContext()
+
+    def build(entry: ResolvedComponent) -> Any:
+        try:
+            return entry.build()
+        except CafeError as exc:
+            problems.append((entry.section, str(exc)))
+            return None
+
+    backbone = build(resolved["backbone"][0]) if resolved["backbone"] else None
+    saes = [build(entry) for entry in resolved["sae"]]
+    dataset = build(resolved["data"][0]) if resolved["data"] else None
+    attributors = {entry.label: build(entry) for entry in resolved["attributors"]}
+    metrics = {entry.label: build(entry) for entry in resolved["metrics"]}
+    if backbone is not None:
+        backbone = backbone.to(device=context.device, dtype=context.dtype)
+        saes = [sae.to(device=context.device, dtype=context.dtype) for sae in saes if sae is not None]
+        problems += _check_saes(backbone, saes, spec)
+        try:
+            fixed_position(spec.targets.position, backbone)
+        except SpecError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise SpecError(problems)
     return RunPlan(
@@ -119,7 +137,7 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         resolved=resolved,
         backbone=backbone,
         saes=saes,
-        dataset=resolved["data"][0].build(),
-        attributors={entry.label: entry.build() for entry in resolved["attributors"]},
-        metrics={entry.label: entry.build() for entry in resolved["metrics"]},
+        dataset=dataset,
+        attributors=attributors,
+        metrics=metrics,
     )

@@ -150,7 +150,7 @@ class PluginHost:
         for info in self.plugins.values():
             info.components.clear()
         for kind, hook_name in _HOOK_OF_KIND.items():
-            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 self._call_register_hook(impl, kind, registries[kind])
         return registries
 

@@ -164,9 +164,12 @@ class SAE(Protocol):
         ...
 
     def encode_latents(self, h: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """Latent ``latents[i]`` of ``h[i]``: ``[N, d_in]``, ``[N]`` -> ``[N]``, touching only those rows of W_e.
+        """Latent ``latents[i]`` of ``h[i]``: ``[N, d_in]``, ``[N]`` -> ``[N]``.
 
-        Must be differentiable with respect to ``h`` and equal ``encode(h)[i, latents[i]]``.
+        Must be differentiable with respect to ``h`` and equal ``encode(h)[i, latents[i]]``; its value and
+        gradient should flow through the requested rows of the encoder only. (An architecture whose
+        activation depends on the other latents, like TopK, may read them without gradient to decide
+        which latents are active.)
         """
         ...
 
@@ -328,7 +331,7 @@ class MetricResult:
     curve : torch.Tensor or None
         ``[B, S]`` the curve the score summarises (as scored, e.g. clipped), if any.
     raw_curve : torch.Tensor or None
-        ``[B, S]`` the curve before any clipping or normalisation choice, if different.
+        ``[B, S]`` the curve before clipping, if the metric clips.
     fractions : torch.Tensor or None
         ``[S]`` the x-axis of the curves (fraction of patches inserted or deleted).
     info : dict
@@ -350,6 +353,11 @@ class Metric(Protocol):
     ----------------
     higher_is_better : bool
         Direction of the score, used by summaries.
+    ranking_based : bool, optional
+        True when the score depends on the heatmap's ranking of patches only; the conformance kit then
+        checks that a strictly increasing transform of the heatmap leaves the score unchanged.
+    score_range : tuple of float, optional
+        Bounds every finite score lies in, checked by the conformance kit.
     """
 
     higher_is_better: bool

@@ -210,9 +210,9 @@ def run(
     """
     host = host or get_host()
     spec, base_dir = load_spec(spec)
+    torch.manual_seed(spec.run.seed)  # before building, so randomly initialised components are reproducible
     plan = prepare(spec, host, base_dir)
     directory = pathlib.Path(out) if out is not None else pathlib.Path(tempfile.mkdtemp(prefix="cafe-run-"))
-    torch.manual_seed(spec.run.seed)
     n_images = len(plan.dataset) if spec.run.limit is None else min(spec.run.limit, len(plan.dataset))
     with _open_store(directory, plan, host) as store:
         (directory / "spec.json").write_text(_json(plan.spec.canonical()))

@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ComponentSpec", "RunSection", "RunSpec", "TargetsSpec", "ResolvedComponent", "load_spec", "resolve"]
+__all__ = ["ComponentSpec", "RunSection", "RunSpec", "TargetsSpec", "ResolvedComponent", "load_spec", "resolve", "resolve_partially"]
 
 _RESERVED = ("name", "label")
 
@@ -277,6 +277,16 @@ def resolve(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> d
     SpecError
         Unknown names (with did-you-mean and plugin load failures) and invalid params, each with its path.
     """
+    resolved, problems = resolve_partially(spec, host, base_dir)
+    if problems:
+        raise SpecError(problems)
+    return resolved
+
+
+def resolve_partially(
+    spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None
+) -> tuple[dict[str, list[ResolvedComponent]], list[tuple[str, str]]]:
+    """Like :func:`resolve`, but return the sections that resolved together with the problems of the rest."""
     base_dir = base_dir or pathlib.Path.cwd()
     sections = {
         "backbone": ("backbone", [spec.backbone], False),
@@ -303,6 +313,4 @@ def resolve(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> d
                 problems.extend(_problems(exc, path))
                 continue
             resolved[section].append(ResolvedComponent(path, entry, registration, params))
-    if problems:
-        raise SpecError(problems)
-    return resolved
+    return resolved, problems

@@ -158,6 +158,8 @@ class TinyTimmViT:
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
     def forward_to(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        if not 0 <= layer < self.depth:
+            raise ValueError(f"layer must be in 0..{self.depth - 1}, got {layer}")
         m = self.model
         h = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
         for block in m.blocks[: layer + 1]:

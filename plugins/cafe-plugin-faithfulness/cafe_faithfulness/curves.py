@@ -60,10 +60,18 @@ class PatchCurve:
         Blur standard deviation in pixels, for ``blank="blur"``.
     clip : bool
         Clamp the normalised curve to ``[0, 1]`` before taking its area.
+
+    Attributes
+    ----------
+    ranking_based : bool
+        Always True: only the order of the heatmap's values matters.
+    score_range : tuple of float or None
+        ``(0, 1)`` when clipping; unbounded otherwise.
     """
 
     higher_is_better: bool
     inserting: bool
+    ranking_based = True
 
     def __init__(
         self, steps: int = 1, blank: str = "zeros", blur_sigma: float | None = None, clip: bool = True
@@ -78,6 +86,7 @@ class PatchCurve:
         self.blank = blank
         self.blur_sigma = blur_sigma
         self.clip = bool(clip)
+        self.score_range = (0.0, 1.0) if self.clip else None
 
     def evaluate(
         self, target: TargetFunction, x: torch.Tensor, heatmap: torch.Tensor, context: RunContext

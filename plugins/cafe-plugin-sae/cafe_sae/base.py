@@ -186,6 +186,13 @@ class BaseSAE(nn.Module):
 
         Equal to ``encode(h)[i, latents[i]]`` and differentiable with respect to ``h``; the value and its
         gradient flow through the selected rows of ``W_e`` only.
+
+        Raises
+        ------
+        IndexError
+            For a latent outside ``[0, d_sae)`` (checking costs one device synchronisation per call).
+        TypeError, ValueError
+            For non-integer latents, or shapes other than ``[N, d_in]`` and ``[N]``.
         """
         latents = self._check_latents(h, latents)
         return self._activate_latents(h, latents, self._pre_activation_latents(h, latents))

@@ -55,6 +55,7 @@ class ImagePreprocessor:
         """
         if isinstance(images, torch.Tensor) and images.dim() == 3:
             images = [images]
+        images = list(images)
         if len(images) == 0:
             raise TimmBackboneError("preprocess got no images; pass a non-empty list of PIL images or tensors")
         return torch.stack([self._one(image, i) for i, image in enumerate(images)])

@@ -46,7 +46,8 @@ class TimmViT:
     depth, width : int
         Number of blocks and token width.
     image_size, patch_size, grid_size : tuple of int
-        ``(H, W)`` input size, ``(ph, pw)`` pixels per patch and ``(gh, gw)`` patches per column and row.
+        ``(H, W)`` input size, ``(ph, pw)`` input pixels per patch token (the CNN stride for hybrid models)
+        and ``(gh, gw)`` patch tokens per column and row.
     prefix_tokens : tuple of str
         ``("cls",)``, ``("cls", "reg0", ...)``, ``("reg0", ...)`` or ``()``.
 
@@ -78,15 +79,9 @@ class TimmViT:
         self.checkpoint = checkpoint
         self.depth = len(net.blocks)
         self.width = int(net.embed_dim)
-        embed = net.patch_embed
-        self.image_size = _pair(embed.img_size)
-        self.patch_size = _pair(embed.patch_size)
-        self.grid_size = _pair(embed.grid_size)
-        if any(s != g * p for s, g, p in zip(self.image_size, self.grid_size, self.patch_size)):
-            raise TimmBackboneError(
-                f"image size {self.image_size} of {model!r} is not a multiple of its patch size {self.patch_size}, "
-                "so patches would not tile the image; set img_size to a multiple of the patch size"
-            )
+        self.image_size = _pair(net.patch_embed.img_size)
+        self.grid_size = _pair(net.patch_embed.grid_size)
+        self.patch_size = _pixel_patch_size(net.patch_embed, self.image_size, self.grid_size, model)
         self.prefix_tokens = _prefix_names(net)
         self._preprocess = ImagePreprocessor(net, self.image_size)
 
@@ -225,6 +220,28 @@ def _pair(value: Any) -> tuple[int, int]:
         return (int(value), int(value))
     first, second = value
     return (int(first), int(second))
+
+
+def _pixel_patch_size(
+    embed: torch.nn.Module, image_size: tuple[int, int], grid_size: tuple[int, int], model: str
+) -> tuple[int, int]:
+    from timm.layers import PatchEmbed
+
+    if isinstance(embed, PatchEmbed):
+        patch = _pair(embed.patch_size)
+        if all(s == g * p for s, g, p in zip(image_size, grid_size, patch)):
+            return patch
+        raise TimmBackboneError(
+            f"image size {image_size} of {model!r} is not a multiple of its patch size {patch}, so the patches "
+            "would not tile the image; set img_size to a multiple of the patch size"
+        )
+    # Hybrid stems (a CNN before the tokens): one token covers image_size / grid_size pixels.
+    if all(s % g == 0 for s, g in zip(image_size, grid_size)):
+        return (image_size[0] // grid_size[0], image_size[1] // grid_size[1])
+    raise TimmBackboneError(
+        f"image size {image_size} of {model!r} is not a multiple of its token grid {grid_size}, so the tokens "
+        "would not tile the image; set img_size to a multiple of the stem's stride"
+    )
 
 
 def _prefix_names(net: torch.nn.Module) -> tuple[str, ...]:

@@ -1,0 +1,1 @@
+"""Image sources for cafe runs."""

@@ -1,0 +1,75 @@
+"""A directory of the user's own images."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Iterator, Sequence
+
+from cafe_core.errors import CafeError
+from cafe_core.protocols import ImageItem
+
+from .params import DEFAULT_EXTENSIONS
+
+__all__ = ["ImageFolder", "UnreadableImageError"]
+
+
+class UnreadableImageError(CafeError):
+    """An image file could not be decoded."""
+
+
+class ImageFolder:
+    """Every image file under ``path``, in sorted order of relative path.
+
+    Parameters
+    ----------
+    path : path
+        The directory.
+    recursive : bool
+        Include subdirectories.
+    extensions : sequence of str
+        File suffixes to include (case-insensitive).
+
+    Notes
+    -----
+    Items hold PIL images in their original size and mode; the backbone's preprocessing converts them.
+    The ``image_id`` of an item is its POSIX path relative to ``path``.
+    """
+
+    def __init__(
+        self, path: str | pathlib.Path, recursive: bool = True, extensions: Sequence[str] = DEFAULT_EXTENSIONS
+    ) -> None:
+        self.root = pathlib.Path(path)
+        if not self.root.is_dir():
+            raise CafeError(f"image folder {str(self.root)!r} does not exist or is not a directory")
+        suffixes = {e.lower() for e in extensions}
+        candidates = self.root.rglob("*") if recursive else self.root.iterdir()
+        self.files = sorted(
+            (p for p in candidates if p.is_file() and p.suffix.lower() in suffixes),
+            key=lambda p: p.relative_to(self.root).as_posix(),
+        )
+        if not self.files:
+            raise CafeError(
+                f"no images with suffixes {sorted(suffixes)} in {str(self.root)!r}"
+                + ("" if recursive else " (subdirectories excluded: set recursive = true to include them)")
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> ImageItem:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                image.load()
+                loaded = image.copy()
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise UnreadableImageError(
+                f"cannot read image {str(path)!r} ({exc}); fix or remove the file, or narrow `extensions`"
+            ) from None
+        return ImageItem(image_id=path.relative_to(self.root).as_posix(), image=loaded, info={"path": str(path)})
+
+    def __iter__(self) -> Iterator[ImageItem]:
+        for index in range(len(self)):
+            yield self[index]

@@ -1,0 +1,71 @@
+"""Parameter models of the registered SAEs (validated before anything heavy is imported)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["ReluSAEParams", "SAEFileParams", "TopKSAEParams"]
+
+
+class SAEFileParams(BaseModel):
+    """Parameters of the ``"file"`` SAE: a checkpoint written by :func:`cafe_sae.io.save`.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The checkpoint file; must exist.
+    layer : int, optional
+        Block the SAE reads. If the checkpoint records another layer, loading fails naming both; if it records
+        none, this one is used.
+    site : {"patch", "cls", "all"}, optional
+        Tokens the SAE was trained on; checked or filled in like ``layer``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="SAE checkpoint file (.safetensors)")
+    layer: int | None = Field(default=None, ge=0, description="block whose output the SAE reads")
+    site: Literal["patch", "cls", "all"] | None = Field(default=None, description="tokens it was trained on")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: Path) -> Path:
+        value = value.expanduser()
+        if not value.exists():
+            raise ValueError(
+                f"SAE checkpoint {value} does not exist; check the path (relative paths start at the working "
+                "directory)"
+            )
+        if value.is_dir():
+            raise ValueError(f"SAE checkpoint {value} is a directory; give the path of the checkpoint file in it")
+        return value
+
+
+class ReluSAEParams(SAEFileParams):
+    """Parameters of the ``"relu"`` SAE: a checkpoint, or a plain state dict (see :mod:`cafe_sae.layouts`).
+
+    Attributes
+    ----------
+    subtract_decoder_bias : bool, optional
+        Plain state dicts with a single ``b_dec`` only: whether it is subtracted from the input before
+        encoding (default True).
+    """
+
+    subtract_decoder_bias: bool | None = Field(
+        default=None, description="W_enc/W_dec state dicts: subtract b_dec from the input (default true)"
+    )
+
+
+class TopKSAEParams(ReluSAEParams):
+    """Parameters of the ``"topk"`` SAE.
+
+    Attributes
+    ----------
+    k : int, optional
+        Latents kept per row. Required for plain state dicts; checked against a checkpoint's config otherwise.
+    """
+
+    k: int | None = Field(default=None, ge=1, description="latents kept per row")
