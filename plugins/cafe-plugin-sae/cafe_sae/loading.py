@@ -13,7 +13,7 @@ from .errors import SAEConfigError, SAEFileError
 from .io import CONFIG_KEY, read_checkpoint, sae_from_config
 from .layouts import from_state_dict
 
-__all__ = ["load_file", "load_relu", "load_topk"]
+__all__ = ["load_file", "load_relu", "load_topk", "make_random"]
 
 
 def load_file(path: str | Path, layer: int | None = None, site: str | None = None) -> BaseSAE:
@@ -130,4 +130,19 @@ def _apply(sae: BaseSAE, path: Path | str, layer: int | None, site: str | None) 
                 f"the params give site {site!r} but {path} was trained on site {sae.site!r}; set site to "
                 f"{sae.site!r}, or remove it from the params"
             )
+    return sae.requires_grad_(False)
+
+
+def make_random(
+    d_in: int, d_sae: int, layer: int, seed: int = 0, architecture: str = "relu", k: int | None = None
+) -> BaseSAE:
+    """An untrained SAE drawn from ``seed`` (see :meth:`cafe_sae.base.BaseSAE.random_init`), frozen."""
+    if architecture == "topk":
+        from .topk import TopKSAE
+
+        sae = TopKSAE.random_init(d_in, d_sae, seed=seed, layer=layer, k=k)
+    else:
+        from .relu import ReluSAE
+
+        sae = ReluSAE.random_init(d_in, d_sae, seed=seed, layer=layer)
     return sae.requires_grad_(False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ReluSAEParams", "SAEFileParams", "TopKSAEParams"]
+__all__ = ["RandomSAEParams", "ReluSAEParams", "SAEFileParams", "TopKSAEParams"]
 
 
 class SAEFileParams(BaseModel):
@@ -36,8 +36,8 @@ class SAEFileParams(BaseModel):
         value = value.expanduser()
         if not value.exists():
             raise ValueError(
-                f"SAE checkpoint {value} does not exist; check the path (relative paths start at the working "
-                "directory)"
+                f"SAE checkpoint {value} does not exist; check the path (in a spec file, relative paths start at "
+                "the spec file's folder)"
             )
         if value.is_dir():
             raise ValueError(f"SAE checkpoint {value} is a directory; give the path of the checkpoint file in it")
@@ -69,3 +69,44 @@ class TopKSAEParams(ReluSAEParams):
     """
 
     k: int | None = Field(default=None, ge=1, description="latents kept per row")
+
+
+class RandomSAEParams(BaseModel):
+    """Parameters of the ``"random"`` SAE: an untrained dictionary drawn from a seed.
+
+    A randomly initialised SAE is the model-randomisation sanity check of attribution work: explanations of
+    its latents must not look like those of a trained one. It also lets a run exercise the whole pipeline
+    before any SAE is trained.
+
+    Attributes
+    ----------
+    d_in : int
+        Width of the backbone's tokens.
+    d_sae : int
+        Number of latents.
+    layer : int
+        Block whose output it reads.
+    seed : int
+        Seed of the weights.
+    architecture : {"relu", "topk"}
+        Which SAE to draw.
+    k : int, optional
+        Latents kept per row (``topk`` only).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_in: int = Field(ge=1, description="token width of the backbone")
+    d_sae: int = Field(ge=1, description="number of latents")
+    layer: int = Field(ge=0, description="block whose output the SAE reads")
+    seed: int = 0
+    architecture: Literal["relu", "topk"] = "relu"
+    k: int | None = Field(default=None, ge=1, description="latents kept per row (topk only)")
+
+    @model_validator(mode="after")
+    def _k_only_for_topk(self) -> "RandomSAEParams":
+        if self.architecture == "topk" and self.k is None:
+            raise ValueError("a random topk SAE needs k")
+        if self.architecture == "relu" and self.k is not None:
+            raise ValueError("k applies to architecture = 'topk' only")
+        return self

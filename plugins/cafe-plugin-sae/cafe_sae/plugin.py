@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cafe_core import hookimpl
 
-from .params import ReluSAEParams, SAEFileParams, TopKSAEParams
+from .params import RandomSAEParams, ReluSAEParams, SAEFileParams, TopKSAEParams
 
 
 @hookimpl
@@ -26,4 +26,10 @@ def cafe_register_saes(register):
         "cafe_sae.loading:load_file",
         params=SAEFileParams,
         description="Any SAE saved by cafe_sae.io.save; the architecture is read from the checkpoint",
+    )
+    register(
+        "random",
+        "cafe_sae.loading:make_random",
+        params=RandomSAEParams,
+        description="An untrained SAE drawn from a seed: the model-randomisation sanity check",
     )
