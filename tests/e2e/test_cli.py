@@ -1,0 +1,93 @@
+"""The ``cafe`` command: exit codes, one-line errors, and the commands' output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cafe_core.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def write_spec(path, spec):
+    lines = []
+    for section in ("backbone", "sae", "data", "targets", "run"):
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in spec[section].items()]
+    for section in ("attributors", "metrics"):
+        for entry in spec[section]:
+            lines.append(f"[[{section}]]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in entry.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def toml_value(value):
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def test_run_then_show(spec_dict, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.toml", spec_dict)
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "insertion ↑" in out and "deletion ↓" in out and "gradient_x_input" in out
+    assert "10 targets considered, 0 skipped as inactive" in out
+    assert main(["show", str(tmp_path / "run")]) == 0
+    shown = capsys.readouterr().out
+    assert shown.splitlines()[:5] == out.splitlines()[:5]
+    assert main(["show", str(tmp_path / "run"), "--csv"]) == 0
+    csv_lines = capsys.readouterr().out.splitlines()
+    assert csv_lines[0].startswith("image_id,layer,latent,position,position_name,activation,attributor,metric,score")
+    assert len(csv_lines) == 1 + 10 * 2 * 2
+
+
+def test_validate_reports_every_problem_on_one_line_each_without_traceback(spec_dict, tmp_path, capsys):
+    spec_dict["attributors"].append({"name": "gradient_x_inputt"})
+    spec_dict["metrics"][0]["steps"] = "x"
+    spec = write_spec(tmp_path / "spec.toml", spec_dict)
+    assert main(["validate", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 problem(s) in the run spec:")
+    assert "attributors[2].name: unknown attributor 'gradient_x_inputt'. Did you mean 'gradient_x_input'?" in err
+    assert "metrics[0].steps: Input should be a valid integer" in err
+    assert "Traceback" not in err
+
+
+def test_validate_ok_and_layer_error(spec_dict, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.toml", spec_dict)
+    assert main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
+    spec_dict["sae"]["layer"] = 2
+    spec = write_spec(tmp_path / "spec.toml", spec_dict)
+    assert main(["validate", str(spec)]) == 1
+    assert "trained on layer 1" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["--debug", "show", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "is not a cafe run directory" in err
+
+
+def test_plugins_lists_components_and_json_is_machine_readable(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "baselines (cafe-plugin-baselines 0.1.0)" in out
+    assert "attributor  gradient_x_input" in out
+    assert main(["plugins", "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    names = {c["name"] for c in described["components"]["metric"]}
+    assert {"insertion", "deletion"} <= names
+
+
+def test_console_entry_point_runs_as_a_process(tmp_path):
+    missing = tmp_path / "absent.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "cafe_core", "validate", str(missing)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: 1 problem(s) in the run spec:\n  <spec>: spec file {str(missing)!r} does not exist"
