@@ -77,7 +77,26 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+_CORE_COMMANDS = ("plugins", "validate", "run", "show")
+
+
+def _add_plugin_commands(commands: argparse._SubParsersAction, selected: str | None) -> None:
+    """Subcommands registered by plugins; only the invoked one is imported."""
+    from .plugins import get_host
+
+    for registration in get_host().registry("command"):
+        if registration.name in _CORE_COMMANDS:
+            print(f"warning: plugin {registration.plugin!r} registers command {registration.name!r}, which is "
+                  "a core command; ignored", file=sys.stderr)
+            continue
+        parser = commands.add_parser(registration.name, help=registration.description)
+        if registration.name == selected:
+            command = registration.build()
+            command.configure(parser)
+            parser.set_defaults(func=command.run)
+
+
+def _parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cafe", description="Causal explanations of SAE features in vision models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,12 +121,19 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_dir", help="a run directory")
     show.add_argument("--csv", action="store_true", help="print the full tidy table as CSV")
     show.set_defaults(func=_cmd_show)
+    _add_plugin_commands(commands, selected)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cafe`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        args = _parser(selected).parse_args(argv)
+    except CafeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         return int(args.func(args) or 0)
     except CafeError as exc:

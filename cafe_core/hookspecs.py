@@ -152,3 +152,24 @@ def cafe_register_datasets(register: Register) -> None:
         def cafe_register_datasets(register):
             register("imagenet_val", "cafe_imagenet.data:ImageNetVal", params=ImageNetValParams)
     """
+
+
+@hookspec
+def cafe_register_commands(register: Register) -> None:
+    """Register subcommands of the ``cafe`` command line.
+
+    ``target`` is a class (or lazy ``"module:Class"``) whose instances have ``configure(parser)``, adding
+    arguments to an :class:`argparse.ArgumentParser`, and ``run(args) -> int``, returning the exit status.
+    The module is imported only when its command is invoked; ``description`` is the one-line help shown
+    by ``cafe --help``. Raise :class:`cafe_core.errors.CafeError` for user errors: the CLI prints the
+    message without a traceback.
+
+    Example
+    -------
+    ::
+
+        @hookimpl
+        def cafe_register_commands(register):
+            register("train-sae", "cafe_sae.training.command:TrainSAECommand",
+                     description="Train an SAE on a backbone's activations")
+    """

@@ -36,6 +36,7 @@ _HOOK_OF_KIND = {
     "attributor": "cafe_register_attributors",
     "metric": "cafe_register_metrics",
     "dataset": "cafe_register_datasets",
+    "command": "cafe_register_commands",
 }
 
 

@@ -13,7 +13,7 @@ from .errors import ComponentLoadError, DuplicateComponentError, UnknownComponen
 
 __all__ = ["KINDS", "Registration", "Registry"]
 
-KINDS = ("backbone", "sae", "attributor", "metric", "dataset")
+KINDS = ("backbone", "sae", "attributor", "metric", "dataset", "command")
 
 
 class _NoParams(BaseModel):

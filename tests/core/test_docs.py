@@ -46,7 +46,7 @@ def test_contributing_attributor_example_passes_the_conformance_kit():
 def test_every_hook_is_documented_with_an_example_and_in_contributing():
     contributing = (ROOT / "CONTRIBUTING.md").read_text()
     hooks = [name for name in dir(hookspecs) if name.startswith("cafe_register_")]
-    assert len(hooks) == 5
+    assert len(hooks) == 6
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__
         assert doc and "Example" in doc and "register(" in doc, name

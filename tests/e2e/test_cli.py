@@ -91,3 +91,37 @@ def test_console_entry_point_runs_as_a_process(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: 1 problem(s) in the run spec:\n  <spec>: spec file {str(missing)!r} does not exist"
+
+
+def test_plugin_commands_are_added_and_imported_only_when_invoked(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import cafe_core.plugins as plugins
+    from cafe_core import hookimpl
+
+    built = []
+
+    class Greet:
+        def __init__(self):
+            built.append(self)
+
+        def configure(self, parser):
+            parser.add_argument("who")
+
+        def run(self, args):
+            print(f"hello {args.who}")
+            return 3
+
+    @hookimpl
+    def cafe_register_commands(register):
+        register("greet", Greet, description="say hello")
+        register("run", Greet, description="tries to shadow a core command")
+
+    host = plugins.PluginHost()
+    host.add(SimpleNamespace(cafe_register_commands=cafe_register_commands), "greeter")
+    monkeypatch.setattr(plugins, "_host", host)
+    assert main(["plugins"]) == 0
+    assert built == []
+    assert "registers command 'run', which is a core command; ignored" in capsys.readouterr().err
+    assert main(["greet", "world"]) == 3
+    assert capsys.readouterr().out == "hello world\n"
