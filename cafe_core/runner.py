@@ -112,9 +112,14 @@ class _UnitWorker:
             h = self.plan.backbone.forward_to(x, sae.layer)
             _check_finite(h, f"activations at layer {sae.layer} of images {image_ids}",
                           "the backbone weights may be corrupt; check the checkpoint")
-            codes = sae.encode(h)
-            if targets.latents is not None:
-                codes = codes[..., torch.as_tensor(targets.latents, device=codes.device)]
+            if targets.latents is None:
+                codes = sae.encode(h)
+            else:  # only the requested rows of the dictionary
+                flat = h.reshape(-1, h.shape[-1])
+                codes = torch.stack(
+                    [sae.encode_latents(flat, torch.full((len(flat),), n, device=h.device)) for n in targets.latents],
+                    dim=-1,
+                ).reshape(*h.shape[:2], len(targets.latents))
         return select_targets(
             codes, image_ids=image_ids, layer=sae.layer, backbone=self.plan.backbone, latents=targets.latents,
             select=targets.select, count=targets.count, position=targets.position,
