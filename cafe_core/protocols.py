@@ -73,6 +73,11 @@ class RunContext:
         """A CPU generator seeded from ``seed + offset``; reproducible across devices."""
         return torch.Generator().manual_seed(self.seed + offset)
 
+    def chunks(self, n: int) -> Iterator[slice]:
+        """Consecutive slices of at most ``batch_size`` rows covering ``range(n)``."""
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(start + self.batch_size, n))
+
 
 @dataclass
 class ImageItem:
@@ -177,6 +182,9 @@ class SAE(Protocol):
         """Reconstruction ``[..., d_in]`` of latents ``[..., d_sae]``."""
         ...
 
+    # Optional: ``pre_activation_latents(h, latents) -> [N]``, the latents before the nonlinearity, which
+    # attributors may explain instead of the latent itself (see TargetFunction.pre_activation).
+
     def to(self, *args: Any, **kwargs: Any) -> "SAE":
         """Move parameters like :meth:`torch.nn.Module.to` (an SAE is usually an ``nn.Module``)."""
         ...
@@ -255,6 +263,31 @@ class TargetFunction:
         """The function restricted to some rows."""
         return TargetFunction(self.backbone, self.sae, self.layer, self.latents[index], self.positions[index])
 
+    def tile(self, copies: int) -> "TargetFunction":
+        """The rows repeated as ``copies`` whole copies, copy-major (the layout of stacked path samples)."""
+        return self.select(torch.arange(copies * len(self)) % len(self))
+
+    def pre_activation_from_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        """The latents' pre-activations ``[B]`` (before the SAE's nonlinearity) from tokens ``[B, T, D]``.
+
+        Raises
+        ------
+        TypeError
+            If the SAE has no ``pre_activation_latents(h, latents)``.
+        """
+        method = getattr(self.sae, "pre_activation_latents", None)
+        if not callable(method):
+            raise TypeError(
+                f"{type(self.sae).__name__} has no pre_activation_latents(h, latents), so its pre-activations "
+                "cannot be explained; explain the latent itself instead"
+            )
+        rows = torch.arange(h.shape[0], device=h.device)
+        return method(h[rows, self.positions.to(h.device)], self.latents.to(h.device))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The latents' pre-activations ``[B]`` of ``x [B, 3, H, W]``."""
+        return self.pre_activation_from_tokens(self.tokens(x))
+
     def repeat_interleave(self, repeats: int) -> "TargetFunction":
         """Each row repeated ``repeats`` times in place (for step-wise curves over one target)."""
         return TargetFunction(
@@ -268,9 +301,7 @@ class TargetFunction:
     def batched(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         """``self(x)`` computed in chunks of ``batch_size`` rows without gradients."""
         with torch.no_grad():
-            return torch.cat(
-                [self.select(slice(i, i + batch_size))(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-            )
+            return torch.cat([self.select(rows)(x[rows]) for rows in RunContext(batch_size=batch_size).chunks(len(x))])
 
 
 @dataclass

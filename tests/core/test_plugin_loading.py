@@ -78,7 +78,7 @@ def test_plugin_that_raises_on_import_is_isolated_and_reported(site):
     assert failure.stage == "import" and failure.distribution == "cafe-plugin-broken"
     assert "Traceback" in failure.traceback and "needs lxt" in failure.traceback
     with pytest.raises(UnknownComponentError, match="cafe_test_broken \\(import failed: ImportError: needs lxt\\)"):
-        host.registry("attributor").get("attnlrp")
+        host.registry("attributor").get("lrp_from_missing_library")
     assert host.describe()["failures"][0]["name"] == "cafe_test_broken"
 
 

@@ -52,7 +52,7 @@ def test_validate_reports_every_problem_on_one_line_each_without_traceback(spec_
     assert main(["validate", str(spec)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: 2 problem(s) in the run spec:")
-    assert "attributors[2].name: unknown attributor 'gradient_x_inputt'. Did you mean 'gradient_x_input'?" in err
+    assert "attributors[2].name: unknown attributor 'gradient_x_inputt'. Did you mean 'gradient_x_input'" in err
     assert "metrics[0].steps: Input should be a valid integer" in err
     assert "Traceback" not in err
 

@@ -12,7 +12,7 @@ import torch
 from cafe_core.plugins import PluginHost
 from cafe_core.protocols import Metric, RunContext, TargetFunction
 from cafe_core.testing import check_metric
-from cafe_faithfulness.blanks import gaussian_blur
+from cafe_core.blanks import gaussian_blur
 from cafe_faithfulness.curves import Deletion, Insertion
 from handbuilt import (
     CountingBackbone,

@@ -50,9 +50,9 @@ class ActivationMap:
         n_patches = gh * gw
         maps, zs = [], []
         with torch.no_grad():
-            for start in range(0, len(x), context.batch_size):
-                rows = target.select(slice(start, start + context.batch_size))
-                h = rows.tokens(x[start : start + context.batch_size])
+            for chunk in context.chunks(len(x)):
+                rows = target.select(chunk)
+                h = rows.tokens(x[chunk])
                 if h.shape[1] != n_prefix + n_patches:
                     raise ValueError(
                         f"backbone returned {h.shape[1]} tokens, expected {n_prefix} prefix tokens + "

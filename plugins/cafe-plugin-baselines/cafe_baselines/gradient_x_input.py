@@ -54,9 +54,9 @@ class GradientXInput:
         """
         patch_size = target.backbone.patch_size
         pixel_maps, zs = [], []
-        for start in range(0, len(x), context.batch_size):
-            rows = target.select(slice(start, start + context.batch_size))
-            leaf = x[start : start + context.batch_size].detach().clone().requires_grad_(True)
+        for chunk in context.chunks(len(x)):
+            rows = target.select(chunk)
+            leaf = x[chunk].detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 z = rows(leaf)
                 (grad,) = torch.autograd.grad(z.sum(), leaf)

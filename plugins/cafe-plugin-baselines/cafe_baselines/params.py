@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
 
-__all__ = ["GradientXInputParams"]
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["GradientXInputParams", "OcclusionParams", "RandomRankingParams"]
 
 
 class GradientXInputParams(BaseModel):
@@ -20,3 +22,36 @@ class GradientXInputParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     absolute: bool = False
+
+
+class OcclusionParams(BaseModel):
+    """Parameters of :class:`cafe_baselines.occlusion.Occlusion`.
+
+    Attributes
+    ----------
+    blank : {"zeros", "mean", "blur"}
+        What an occluded patch shows, as in the insertion test: a zero model input, the image's per-channel
+        mean colour, or a Gaussian blur of the image.
+    blur_sigma : float or None
+        Standard deviation of the blur in pixels; ``None`` means a tenth of the smaller image side.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    blank: Literal["zeros", "mean", "blur"] = "zeros"
+    blur_sigma: float | None = Field(None, gt=0)
+
+
+class RandomRankingParams(BaseModel):
+    """Parameters of :class:`cafe_baselines.random_ranking.RandomRanking`.
+
+    Attributes
+    ----------
+    per_image : bool
+        Mix the bytes of each row's input into its seed, so that every image gets its own ranking (by
+        default a ranking depends on the run seed and the target only).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_image: bool = False

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from cafe_core import hookimpl
 
-from .params import GradientXInputParams
+from .params import GradientXInputParams, OcclusionParams, RandomRankingParams
 
 
 @hookimpl
 def cafe_register_attributors(register):
-    """Register ``activation_map`` and ``gradient_x_input``."""
+    """Register ``activation_map``, ``gradient_x_input``, ``occlusion`` and ``random``."""
     register(
         "activation_map",
         "cafe_baselines.activation_map:ActivationMap",
@@ -21,4 +21,16 @@ def cafe_register_attributors(register):
         "cafe_baselines.gradient_x_input:GradientXInput",
         params=GradientXInputParams,
         description="Input times the gradient of the latent, summed within each patch",
+    )
+    register(
+        "occlusion",
+        "cafe_baselines.occlusion:Occlusion",
+        params=OcclusionParams,
+        description="Drop of the latent when each patch alone is replaced by a blank (no gradients)",
+    )
+    register(
+        "random",
+        "cafe_baselines.random_ranking:RandomRanking",
+        params=RandomRankingParams,
+        description="Seeded random ranking of the patches: the floor of a faithfulness table",
     )

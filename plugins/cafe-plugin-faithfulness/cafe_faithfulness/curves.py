@@ -9,7 +9,7 @@ import torch
 from cafe_core.patches import patches_to_pixels, rank_patches
 from cafe_core.protocols import MetricResult, RunContext, TargetFunction
 
-from .blanks import make_blank
+from cafe_core.blanks import make_blank
 
 __all__ = ["Deletion", "Insertion", "PatchCurve", "curve_counts", "ranked_masks"]
 
@@ -139,8 +139,7 @@ class PatchCurve:
 
         values = []
         with torch.no_grad():
-            for start in range(0, b * n_points, context.batch_size):
-                chunk = slice(start, start + context.batch_size)
+            for chunk in context.chunks(b * n_points):
                 rows = rows_of[chunk]
                 changed = patches_to_pixels(masks[chunk].to(x.dtype), (ph, pw))[:, None]
                 kept = changed if self.inserting else 1 - changed

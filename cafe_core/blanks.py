@@ -1,4 +1,4 @@
-"""What a missing patch shows: the blank images of insertion and deletion."""
+"""What a missing patch shows: the blank images shared by insertion, deletion, occlusion and path baselines."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_BLUR_FRACTION", "blur_radius", "gaussian_blur", "make_blank"]
+__all__ = ["BLANKS", "DEFAULT_BLUR_FRACTION", "blur_radius", "gaussian_blur", "make_blank"]
+
+BLANKS = ("zeros", "mean", "blur")
+"""The kinds of blank :func:`make_blank` knows."""
 
 DEFAULT_BLUR_FRACTION = 0.1
 """Default blur sigma as a fraction of the smaller image side: strong enough to erase object detail."""

@@ -1,0 +1,95 @@
+"""Parameter models of the Captum attributors (pydantic only: importing this module does not load Captum)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "BlankKind",
+    "GradientShapParams",
+    "IntegratedGradientsParams",
+    "IntegrationMethod",
+    "Quantity",
+    "RIEMANN_METHODS",
+    "SaliencyParams",
+]
+
+BlankKind = Literal["zeros", "mean", "blur"]
+IntegrationMethod = Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
+Quantity = Literal["post", "pre"]
+
+RIEMANN_METHODS = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+"""Captum's Riemann rules, which need at least two steps."""
+
+
+class IntegratedGradientsParams(BaseModel):
+    """Parameters of :class:`cafe_captum.integrated_gradients.IntegratedGradients`.
+
+    Attributes
+    ----------
+    n_steps : int
+        Points of the path integral (at least 1; at least 2 for the Riemann rules).
+    method : str
+        Captum's quadrature rule: ``"gausslegendre"`` or ``"riemann_{trapezoid,left,right,middle}"``.
+    baseline : {"zeros", "mean", "blur"}
+        Where the path starts, as the insertion test's blank: a zero model input, the image's per-channel
+        mean colour, or a Gaussian blur of the image.
+    blur_sigma : float or None
+        Blur standard deviation in pixels for ``baseline="blur"``; ``None`` means a tenth of the smaller
+        image side.
+    quantity : {"post", "pre"}
+        Integrate the latent ``z`` itself (``"post"``) or its pre-activation (``"pre"``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_steps: int = Field(32, ge=1)
+    method: IntegrationMethod = "gausslegendre"
+    baseline: BlankKind = "zeros"
+    blur_sigma: float | None = Field(None, gt=0)
+    quantity: Quantity = "post"
+
+    @model_validator(mode="after")
+    def _riemann_needs_two_steps(self) -> "IntegratedGradientsParams":
+        if self.method in RIEMANN_METHODS and self.n_steps < 2:
+            raise ValueError(f"method {self.method!r} needs n_steps >= 2, got {self.n_steps}")
+        return self
+
+
+class SaliencyParams(BaseModel):
+    """Parameters of :class:`cafe_captum.saliency.Saliency`.
+
+    Attributes
+    ----------
+    abs : bool
+        Take ``|dz/dx|`` element-wise before summing over channels and patches.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    abs: bool = True
+
+
+class GradientShapParams(BaseModel):
+    """Parameters of :class:`cafe_captum.gradient_shap.GradientShap`.
+
+    Attributes
+    ----------
+    n_samples : int
+        Random points per heatmap (at least 1).
+    stdevs : float
+        Standard deviation of the Gaussian noise added to the input at every sample (model-input units).
+    baseline : {"zeros", "mean", "blur"}
+        The reference each sample interpolates from, as the insertion test's blank.
+    blur_sigma : float or None
+        Blur standard deviation in pixels for ``baseline="blur"``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_samples: int = Field(16, ge=1)
+    stdevs: float = Field(0.0, ge=0)
+    baseline: BlankKind = "zeros"
+    blur_sigma: float | None = Field(None, gt=0)
