@@ -35,8 +35,8 @@ class ComponentLoadError(CafeError):
 class SpecError(CafeError, ValueError):
     """A run spec is invalid; ``problems`` lists every ``(path, message)`` found, not only the first."""
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, problems: list[tuple[str, str]], what: str = "run spec") -> None:
         self.problems = list(problems)
-        lines = [f"{len(self.problems)} problem(s) in the run spec:"]
+        lines = [f"{len(self.problems)} problem(s) in the {what}:"]
         lines += [f"  {path or '<spec>'}: {message}" for path, message in self.problems]
         super().__init__("\n".join(lines))

@@ -10,24 +10,22 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import CafeError, SpecError
+from .errors import SpecError
 from .protocols import RunContext
 from .selection import fixed_position
-from .spec import ResolvedComponent, RunSpec, resolve_partially
+from .spec import ResolvedComponent, RunSpec, build_component, resolve_device, resolve_partially
 
 __all__ = ["RunPlan", "prepare", "make_context"]
 
 
 def make_context(spec: RunSpec) -> RunContext:
     """The :class:`RunContext` of a spec (``device = "auto"`` picks CUDA when available)."""
-    device = spec.run.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise SpecError([("run.device", f"{device!r} requested but CUDA is not available; use 'auto' or 'cpu'")])
+    device, problems = resolve_device(spec.run.device)
+    if problems:
+        raise SpecError(problems)
     return RunContext(
         batch_size=spec.run.batch_size,
-        device=torch.device(device),
+        device=device,
         dtype=getattr(torch, spec.run.dtype),
         seed=spec.run.seed,
     )
@@ -110,11 +108,7 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         context = RunContext()
 
     def build(entry: ResolvedComponent) -> Any:
-        try:
-            return entry.build()
-        except CafeError as exc:
-            problems.append((entry.section, str(exc)))
-            return None
+        return build_component(entry, problems)
 
     backbone = build(resolved["backbone"][0]) if resolved["backbone"] else None
     saes = [build(entry) for entry in resolved["sae"]]

@@ -25,7 +25,23 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ComponentSpec", "RunSection", "RunSpec", "TargetsSpec", "ResolvedComponent", "load_spec", "resolve", "resolve_partially"]
+__all__ = [
+    "ComponentSpec",
+    "ResolvedComponent",
+    "RunSection",
+    "RunSpec",
+    "TargetsSpec",
+    "anchor_paths",
+    "build_component",
+    "check_device_name",
+    "load_spec",
+    "read_spec_source",
+    "resolve",
+    "resolve_component",
+    "resolve_device",
+    "resolve_partially",
+    "validation_problems",
+]
 
 _RESERVED = ("name", "label")
 
@@ -112,14 +128,7 @@ class RunSection(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value != "auto":
-            import torch
-
-            try:
-                torch.device(value)
-            except RuntimeError as exc:
-                raise ValueError(f"{exc}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-        return value
+        return check_device_name(value)
 
 
 class RunSpec(BaseModel):
@@ -156,6 +165,36 @@ class RunSpec(BaseModel):
         return json.loads(self.model_dump_json())
 
 
+def check_device_name(value: str) -> str:
+    """Validate a device setting: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``... (raises ``ValueError``)."""
+    if value != "auto":
+        import torch
+
+        try:
+            torch.device(value)
+        except RuntimeError as exc:
+            raise ValueError(f"{exc}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    return value
+
+
+def resolve_device(value: str, path: str = "run.device") -> tuple[Any, list[tuple[str, str]]]:
+    """The :class:`torch.device` of a device setting (``"auto"`` picks CUDA when available).
+
+    Returns
+    -------
+    device : torch.device or None
+    problems : list of (path, message)
+        Non-empty when CUDA is requested but unavailable.
+    """
+    import torch
+
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), []
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        return None, [(path, f"{value!r} requested but CUDA is not available; use 'auto' or 'cpu'")]
+    return torch.device(value), []
+
+
 def _error_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -166,7 +205,8 @@ def _error_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """``(path, message)`` pairs of a pydantic error, paths prefixed with ``prefix`` (a spec section)."""
     problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
@@ -180,6 +220,27 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
             message += f" (got {err['input']!r})"
         problems.append((path, message))
     return problems
+
+
+def read_spec_source(source: dict[str, Any] | str | pathlib.Path) -> tuple[dict[str, Any], pathlib.Path]:
+    """Raw spec data and the directory relative paths start from (a TOML file's folder, or the cwd).
+
+    Raises
+    ------
+    SpecError
+        For a missing file or invalid TOML.
+    """
+    if isinstance(source, dict):
+        return source, pathlib.Path.cwd()
+    if isinstance(source, (str, pathlib.Path)):
+        path = pathlib.Path(source)
+        try:
+            return tomllib.loads(path.read_text(encoding="utf-8")), path.resolve().parent
+        except FileNotFoundError:
+            raise SpecError([("", f"spec file {str(path)!r} does not exist")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError([("", f"{path} is not valid TOML: {exc}")]) from None
+    raise TypeError(f"a spec is a dict or a path to a TOML file, not {type(source).__name__}")
 
 
 def load_spec(source: RunSpec | dict[str, Any] | str | pathlib.Path) -> tuple[RunSpec, pathlib.Path]:
@@ -197,26 +258,13 @@ def load_spec(source: RunSpec | dict[str, Any] | str | pathlib.Path) -> tuple[Ru
     SpecError
         Listing every structural problem with its path in the spec.
     """
-    base_dir = pathlib.Path.cwd()
     if isinstance(source, RunSpec):
-        return source, base_dir
-    if isinstance(source, (str, pathlib.Path)):
-        path = pathlib.Path(source)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SpecError([("", f"spec file {str(path)!r} does not exist")]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError([("", f"{path} is not valid TOML: {exc}")]) from None
-        base_dir = path.resolve().parent
-    elif isinstance(source, dict):
-        raw = source
-    else:
-        raise TypeError(f"a spec is a RunSpec, a dict or a path to a TOML file, not {type(source).__name__}")
+        return source, pathlib.Path.cwd()
+    raw, base_dir = read_spec_source(source)
     try:
         return RunSpec.model_validate(raw), base_dir
     except ValidationError as exc:
-        raise SpecError(_problems(exc)) from None
+        raise SpecError(validation_problems(exc)) from None
 
 
 @dataclass
@@ -255,7 +303,8 @@ def _mentions_path(annotation: Any) -> bool:
     return False
 
 
-def _anchor_paths(model: type[BaseModel], params: dict[str, Any], base_dir: pathlib.Path) -> dict[str, Any]:
+def anchor_paths(model: type[BaseModel], params: dict[str, Any], base_dir: pathlib.Path) -> dict[str, Any]:
+    """``params`` with every relative path of a path-typed field of ``model`` taken from ``base_dir``."""
     params = dict(params)
     for name in _path_fields(model):
         value = params.get(name)
@@ -300,17 +349,33 @@ def resolve_partially(
     for section, (kind, entries, indexed) in sections.items():
         resolved[section] = []
         for i, entry in enumerate(entries):
-            path = f"{section}[{i}]" if indexed else section
-            try:
-                registration = host.registry(kind).get(entry.name)
-            except CafeError as exc:
-                problems.append((f"{path}.name", str(exc)))
-                continue
-            raw = _anchor_paths(registration.params, entry.params, base_dir)
-            try:
-                params = registration.validate(raw)
-            except ValidationError as exc:
-                problems.extend(_problems(exc, path))
-                continue
-            resolved[section].append(ResolvedComponent(path, entry, registration, params))
+            component, found = resolve_component(f"{section}[{i}]" if indexed else section, kind, entry, host, base_dir)
+            problems += found
+            if component is not None:
+                resolved[section].append(component)
     return resolved, problems
+
+
+def resolve_component(
+    path: str, kind: str, entry: ComponentSpec, host: Any, base_dir: pathlib.Path
+) -> tuple[ResolvedComponent | None, list[tuple[str, str]]]:
+    """Match one component section (at ``path`` in the spec) to its registration and validate its params."""
+    try:
+        registration = host.registry(kind).get(entry.name)
+    except CafeError as exc:
+        return None, [(f"{path}.name", str(exc))]
+    raw = anchor_paths(registration.params, entry.params, base_dir)
+    try:
+        params = registration.validate(raw)
+    except ValidationError as exc:
+        return None, validation_problems(exc, path)
+    return ResolvedComponent(path, entry, registration, params), []
+
+
+def build_component(component: ResolvedComponent, problems: list[tuple[str, str]]) -> Any:
+    """Build a resolved component; a :class:`CafeError` becomes a problem at its path (and ``None``)."""
+    try:
+        return component.build()
+    except CafeError as exc:
+        problems.append((component.section, str(exc)))
+        return None

@@ -165,10 +165,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise SAEFileError(f"SAE checkpoint {path} is a directory; give the path of the checkpoint file in it")
     try:
         with path.open("rb") as handle:
-            head = handle.read(4)
+            head = handle.read(9)
     except OSError as exc:
         raise SAEFileError(f"cannot read SAE checkpoint {path} ({exc}); check its permissions") from exc
-    if head.startswith(_TORCH_MAGIC):
+    # A safetensors file starts with its 8-byte header length, whose first byte may be 0x80 like a pickle's;
+    # its JSON header, which opens with "{", is what tells them apart.
+    if head.startswith(_TORCH_MAGIC) and head[8:9] != b"{":
         return Checkpoint(path, _read_torch(path), None)
     tensors, metadata = _read_safetensors(path)
     raw = metadata.get(CONFIG_KEY)

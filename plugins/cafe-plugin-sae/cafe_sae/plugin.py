@@ -1,4 +1,5 @@
-"""Registers the SAEs of this distribution; importing it loads neither torch nor safetensors."""
+"""Registers the SAEs and the ``train-sae`` command of this distribution; importing it loads neither torch nor
+safetensors."""
 
 from __future__ import annotations
 
@@ -32,4 +33,13 @@ def cafe_register_saes(register):
         "cafe_sae.loading:make_random",
         params=RandomSAEParams,
         description="An untrained SAE drawn from a seed: the model-randomisation sanity check",
+    )
+
+
+@hookimpl
+def cafe_register_commands(register):
+    register(
+        "train-sae",
+        "cafe_sae.training.command:TrainSAECommand",
+        description="Collect a backbone's activations and train a ReLU or TopK SAE on them (resumable)",
     )

@@ -1,0 +1,145 @@
+"""AttnLRP and CP-LRP: layer-wise relevance of an SAE latent, back to the input patches, in one backward pass."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cafe_core.patches import pixels_to_patches
+from cafe_core.protocols import Attribution, RunContext, TargetFunction
+
+from .patching import lrp_rules
+
+__all__ = ["AttnLRP", "CPLRP"]
+
+
+class _LayerwiseRelevance:
+    """What AttnLRP and CP-LRP share; they differ only in the rule inside the attention."""
+
+    needs_grad = True
+    conserves_relevance = False
+    attention_rule = "attnlrp"
+
+    def __init__(self, gamma: float = 0.0) -> None:
+        gamma = float(gamma)
+        if not (math.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+        self.gamma = gamma
+
+    def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
+        """Relevance maps of the rows of ``x [B, 3, H, W]`` with respect to ``target``.
+
+        Parameters
+        ----------
+        target : TargetFunction
+            The latent and token of each row; its backbone must wrap a timm VisionTransformer.
+        x : torch.Tensor
+            Model inputs ``[B, 3, H, W]``.
+        context : RunContext
+            ``batch_size`` bounds the images per forward/backward pass.
+
+        Returns
+        -------
+        Attribution
+            ``heatmap [B, gh, gw]`` (pixel relevance summed over channels and within each patch),
+            ``pixels [B, H, W]``, and per row in ``info``: ``z`` the latent, ``absorbed`` the relevance
+            taken by biases and embeddings (``absorbed_sae`` the part of it taken by the SAE encoder's
+            biases), ``conservation_error`` = ``z - heatmap.sum() - absorbed``.
+
+        Raises
+        ------
+        cafe_attnlrp.patching.UnsupportedModelError
+            If the backbone is not a timm VisionTransformer made of modules with a rule here.
+        """
+        backbone = target.backbone
+        pixel_maps, zs, absorbed, absorbed_sae = [], [], [], []
+        with lrp_rules(backbone.model, target.layer, self.attention_rule, self.gamma) as probe:
+            for start in range(0, len(x), context.batch_size):
+                rows = target.select(slice(start, start + context.batch_size))
+                leaf = x[start : start + context.batch_size].detach().clone().requires_grad_(True)
+                with torch.enable_grad():
+                    probe.tensor = leaf.new_zeros(len(leaf), requires_grad=True)
+                    tokens = rows.tokens(leaf)
+                    z = rows.from_tokens(tokens)
+                    grads = torch.autograd.grad(z.sum(), [leaf, probe.tensor, tokens], allow_unused=True)
+                    probe.tensor = None
+                grad_x, grad_probe, grad_tokens = (
+                    torch.zeros_like(t) if g is None else g for g, t in zip(grads, (leaf, z, tokens))
+                )
+                z = z.detach()
+                # The SAE part is linear then ReLU, where gradient x input is LRP-0: the relevance z does
+                # not pass on to the tokens is what the encoder's own biases (b_e and the centering b_d)
+                # take.
+                into_tokens = (tokens.detach() * grad_tokens).flatten(1).sum(1)
+                pixel_maps.append((leaf.detach() * grad_x).sum(dim=1))
+                zs.append(z)
+                absorbed_sae.append(z - into_tokens.to(z))
+                absorbed.append(grad_probe.to(z) + absorbed_sae[-1])
+        pixels = torch.cat(pixel_maps)
+        z, absorbed_total = torch.cat(zs), torch.cat(absorbed)
+        error = z - pixels.flatten(1).sum(1).to(z) - absorbed_total
+        return Attribution(
+            heatmap=pixels_to_patches(pixels, backbone.patch_size),
+            pixels=pixels,
+            info={
+                "z": z,
+                "absorbed": absorbed_total,
+                "absorbed_sae": torch.cat(absorbed_sae),
+                "conservation_error": error,
+            },
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(gamma={self.gamma})"
+
+
+class AttnLRP(_LayerwiseRelevance):
+    """Attention-aware LRP (AttnLRP) of an SAE latent, through the SAE encoder and blocks ``0..L`` of a ViT.
+
+    Rules, as in LXT (the reference implementation of AttnLRP): LayerNorm by the identity rule (standard
+    deviation held constant), the MLP activation by the identity rule, the uniform rule on the two
+    bilinear products of the attention (gradients of queries and keys divided by 4, of values by 2), the
+    softmax by its gradient x input, ``Linear`` layers by LRP-0 (or LRP-gamma, ``gamma > 0``), and the
+    SAE encoder (linear then ReLU) by LRP-0. The relevance of a pixel is input times the modified
+    gradient, summed over channels and within each patch. One forward and one backward pass per chunk
+    of ``context.batch_size`` rows.
+
+    The softmax's rule does not conserve relevance exactly; ``info["conservation_error"]`` reports by how
+    much each row's heatmap and absorbed relevance miss ``z``.
+
+    Parameters
+    ----------
+    gamma : float
+        LRP-gamma for the ``Linear`` layers of the blocks (q, k, v and output projections, MLP); ``0``
+        (the default) is LRP-0, larger values favour positive contributions and smooth the maps.
+
+    References
+    ----------
+    R. Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for Transformers",
+    ICML 2024.
+    """
+
+
+class CPLRP(_LayerwiseRelevance):
+    """Conservative propagation (CP-LRP) of an SAE latent through the SAE encoder and blocks ``0..L`` of a ViT.
+
+    The rules of :class:`AttnLRP` except inside the attention, where no relevance flows through the
+    queries and keys (the attention weights are held constant) and the values receive all of it, as in
+    LXT's rules for vision transformers. Relevance is then conserved exactly: the heatmap plus the relevance
+    absorbed by biases, by the class, register and position embeddings and by the SAE encoder's biases
+    (``info["absorbed"]``) sums to ``z``.
+
+    Parameters
+    ----------
+    gamma : float
+        LRP-gamma for the ``Linear`` layers of the blocks; ``0`` (the default) is LRP-0. Conservation holds
+        for any ``gamma``.
+
+    References
+    ----------
+    A. Ali et al., "XAI for Transformers: Better Explanations through Conservative Propagation", ICML 2022.
+    """
+
+    conserves_relevance = True
+    attention_rule = "cp_lrp"

@@ -1,0 +1,35 @@
+"""Parameter models of the AttnLRP and CP-LRP attributors."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AttnLRPParams", "CPLRPParams"]
+
+
+class AttnLRPParams(BaseModel):
+    """Parameters of :class:`cafe_attnlrp.attributor.AttnLRP`.
+
+    Attributes
+    ----------
+    gamma : float
+        LRP-gamma for the ``Linear`` layers of the blocks (``>= 0``); ``0`` is LRP-0.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    gamma: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="LRP-gamma of the Linear layers")
+
+
+class CPLRPParams(BaseModel):
+    """Parameters of :class:`cafe_attnlrp.attributor.CPLRP`.
+
+    Attributes
+    ----------
+    gamma : float
+        LRP-gamma for the ``Linear`` layers of the blocks (``>= 0``); ``0`` is LRP-0.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    gamma: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="LRP-gamma of the Linear layers")
