@@ -389,6 +389,9 @@ class Metric(Protocol):
         checks that a strictly increasing transform of the heatmap leaves the score unchanged.
     score_range : tuple of float, optional
         Bounds every finite score lies in, checked by the conformance kit.
+    uses_annotations : bool, optional
+        True for a metric that scores against ground truth: ``evaluate`` then also receives
+        ``annotations``, the :attr:`ImageItem.info` of each row's image.
     """
 
     higher_is_better: bool

@@ -85,11 +85,13 @@ class _UnitWorker:
     def __init__(self, plan: RunPlan, store: RunStore) -> None:
         self.plan = plan
         self.store = store
+        self.annotations: list[dict] = []  # ImageItem.info of the unit in progress, for ground-truth metrics
 
     def __call__(self, unit: WorkUnit) -> None:
         plan, context = self.plan, self.plan.context
         items = [plan.dataset[i] for i in unit.indices]
         image_ids = [item.image_id for item in items]
+        self.annotations = [item.info for item in items]
         x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
         _check_finite(x, f"preprocessed images {image_ids}", "check the image files")
         for sae in plan.saes:
@@ -171,7 +173,10 @@ class _UnitWorker:
             if not needed:
                 continue
             index = torch.as_tensor(needed, device=x.device)
-            result = metric.evaluate(target.select(index), xs[index], heatmap[index], context)
+            extra = {}
+            if getattr(metric, "uses_annotations", False):
+                extra["annotations"] = [self.annotations[chunk[i][0].image_row] for i in needed]
+            result = metric.evaluate(target.select(index), xs[index], heatmap[index], context, **extra)
             score_rows += _metric_rows([keys[i] for i in needed], label, metric_label, result)
         self.store.write_batch(heatmaps=heatmap_rows, scores=score_rows)
 

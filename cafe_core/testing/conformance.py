@@ -112,6 +112,7 @@ def check_metric(
     heatmap: torch.Tensor,
     context: RunContext | None = None,
     *,
+    annotations: list[dict] | None = None,
     rtol: float = 1e-4,
     atol: float = 1e-6,
 ) -> MetricResult:
@@ -120,13 +121,25 @@ def check_metric(
     Rules: a :class:`MetricResult` with a ``[B]`` score, finite except where undefined (NaN); curves
     ``[B, S]`` over non-decreasing ``fractions`` in ``[0, 1]``; ``higher_is_better`` a bool; determinism;
     batch invariance; scores inside ``metric.score_range`` when declared; and, for a metric declaring
-    ``ranking_based = True``, the same score for any strictly increasing transform of the heatmap.
+    ``ranking_based = True``, the same score for any strictly increasing transform of the heatmap. A metric
+    with ``uses_annotations = True`` receives ``annotations`` (one ``ImageItem.info`` per row).
     """
     context = context or RunContext(batch_size=max(1, len(x)))
     problems = []
+    if getattr(metric, "uses_annotations", False):
+        given = annotations if annotations is not None else [{} for _ in range(len(x))]
+
+        def evaluate(t, xs, h, c, rows=None):
+            picked = given if rows is None else [given[i] for i in rows]
+            return metric.evaluate(t, xs, h, c, annotations=picked)
+    else:
+
+        def evaluate(t, xs, h, c, rows=None):
+            return metric.evaluate(t, xs, h, c)
+
     if not isinstance(getattr(metric, "higher_is_better", None), bool):
         problems.append("`higher_is_better` missing or not a bool")
-    result = metric.evaluate(target, x, heatmap, context)
+    result = evaluate(target, x, heatmap, context)
     if not isinstance(result, MetricResult):
         _raise_if(problems + [f"returned {type(result).__name__}, not MetricResult"], type(metric).__name__)
     if tuple(result.score.shape) != (len(x),):
@@ -138,11 +151,11 @@ def check_metric(
             f = result.fractions
             if f.shape[-1] != result.curve.shape[-1] or (f < 0).any() or (f > 1).any() or (f.diff() < 0).any():
                 problems.append("fractions must match the curve length, lie in [0, 1] and not decrease")
-    again = metric.evaluate(target, x, heatmap, context)
+    again = evaluate(target, x, heatmap, context)
     if not _close(result.score, again.score, rtol, atol):
         problems.append("not deterministic")
     for i in range(len(x)):
-        alone = metric.evaluate(target.select([i]), x[i : i + 1], heatmap[i : i + 1], context).score
+        alone = evaluate(target.select([i]), x[i : i + 1], heatmap[i : i + 1], context, [i]).score
         if not _close(result.score[i : i + 1], alone, rtol, atol):
             problems.append(f"row {i} differs when scored alone (batch invariance)")
             break
@@ -151,7 +164,7 @@ def check_metric(
     if score_range is not None and ((finite < score_range[0] - atol) | (finite > score_range[1] + atol)).any():
         problems.append(f"scores {finite.tolist()} outside the declared range {score_range}")
     if getattr(metric, "ranking_based", False):
-        transformed = metric.evaluate(target, x, torch.exp(heatmap / heatmap.abs().max().clamp_min(1e-12)), context)
+        transformed = evaluate(target, x, torch.exp(heatmap / heatmap.abs().max().clamp_min(1e-12)), context)
         if not _close(result.score, transformed.score, rtol, atol):
             problems.append("declares ranking_based but a strictly increasing transform of the heatmap changes the score")
     _raise_if(problems, type(metric).__name__)

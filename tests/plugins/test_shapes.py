@@ -410,3 +410,90 @@ def test_patch_fractions_of_a_generated_item():
     np.testing.assert_allclose(per_object.sum(axis=0), total)
     for k, record in enumerate(item.info["objects"]):
         assert per_object[k].sum() * 16 == pytest.approx(record["area"])
+
+
+# -- the object_hit ground-truth metric ---------------------------------------------------------------------
+
+
+class _Grid:
+    """Just the geometry a metric reads from a backbone: a 4x4 grid of 2-pixel patches."""
+
+    image_size, patch_size, grid_size, prefix_tokens = (8, 8), (2, 2), (4, 4), ()
+
+
+def _object_hit_rows(heatmaps, annotations, **params):
+    from types import SimpleNamespace
+
+    from cafe_core.protocols import RunContext
+    from cafe_shapes.ground_truth import ObjectHit
+
+    target = SimpleNamespace(backbone=_Grid())
+    x = torch.zeros(len(heatmaps), 3, 8, 8)
+    return ObjectHit(**params).evaluate(target, x, torch.stack(heatmaps), RunContext(), annotations).score
+
+
+def test_object_hit_counts_top_patches_on_deciding_objects():
+    mask = np.zeros((8, 8), dtype=np.int64)
+    mask[0:2, 0:2] = 1  # object 0: patch (0, 0)
+    mask[5, 5] = 2  # object 1: one pixel of patch (2, 2)
+    heat = torch.zeros(4, 4)
+    heat[2, 2], heat[0, 0], heat[3, 3] = 3.0, 2.0, 1.0
+    info = {"mask": mask, "deciding": [1]}
+    assert _object_hit_rows([heat], [info], top_k=1).tolist() == [1.0]
+    assert _object_hit_rows([heat], [info], top_k=2).tolist() == [0.5]  # (0, 0) is on object 0, not deciding
+    assert _object_hit_rows([heat], [info], top_k=2, objects="any").tolist() == [1.0]
+    assert _object_hit_rows([heat], [info], top_k=3, objects="any").tolist() == pytest.approx([2 / 3])
+
+
+def test_object_hit_is_undefined_without_deciding_objects_or_annotations():
+    mask = np.zeros((8, 8), dtype=np.int64)
+    mask[0:2, 0:2] = 1
+    scores = _object_hit_rows([torch.ones(4, 4)] * 2, [{"mask": mask, "deciding": []}, {}])
+    assert torch.isnan(scores).all()
+
+
+def test_object_hit_resizes_a_mask_of_another_size():
+    mask = np.zeros((16, 16), dtype=np.int64)
+    mask[12:16, 0:4] = 1  # bottom-left corner: patch (3, 0) at the backbone's 8x8 input
+    heat = torch.zeros(4, 4)
+    heat[3, 0] = 1.0
+    assert _object_hit_rows([heat], [{"mask": mask, "deciding": [0]}]).tolist() == [1.0]
+
+
+def test_object_hit_in_a_run_receives_each_rows_annotations(tmp_path):
+    import cafe_core
+
+    spec = {
+        "backbone": {"name": "timm", "model": "vit_tiny_patch16_224", "img_size": 32,
+                     "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}},
+        "sae": {"name": "random", "d_in": 32, "d_sae": 64, "layer": 1},
+        "data": {"name": "shapes", "size": 4},
+        "targets": {"select": "top", "count": 2},
+        "attributors": [{"name": "gradient_x_input"}],
+        "metrics": [{"name": "object_hit", "objects": "any", "top_k": 16}],
+        "run": {"batch_size": 3, "device": "cpu"},
+    }
+    results = cafe_core.run(spec, tmp_path / "run")
+    assert len(results.rows) == 8
+    # with every patch checked, the score is the share of patches that touch any object of that image
+    from cafe_shapes import ShapesDataset, patch_object_fraction
+
+    dataset = ShapesDataset(4)
+    for row in results.rows:
+        index = int(row["image_id"].rsplit("-", 1)[1])
+        expected = (patch_object_fraction(dataset[index].info["mask"], 8) > 0).mean()
+        assert row["score"] == pytest.approx(expected)
+
+
+def test_object_hit_passes_the_metric_conformance_kit():
+    from types import SimpleNamespace
+
+    from cafe_core.testing import check_metric
+    from cafe_shapes.ground_truth import ObjectHit
+
+    dataset = ShapesDataset(3, seed=5)
+    annotations = [dataset[i].info for i in range(3)]
+    target = SimpleNamespace(backbone=SimpleNamespace(image_size=(32, 32), patch_size=(4, 4), grid_size=(8, 8)))
+    target.select = lambda rows: target
+    heatmap = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    check_metric(ObjectHit(top_k=3), target, torch.zeros(3, 3, 32, 32), heatmap, annotations=annotations)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .rules import RULES
 
-__all__ = ["MAX_OBJECTS", "RuleName", "ShapesParams"]
+__all__ = ["MAX_OBJECTS", "ObjectHitParams", "RuleName", "ShapesParams"]
 
 MAX_OBJECTS = 6
 """Most objects a scene may hold: six always fit, without overlap, in the smallest (16 pixel) image."""
@@ -55,3 +55,20 @@ class ShapesParams(BaseModel):
                 f"got {self.max_objects}"
             )
         return self
+
+
+class ObjectHitParams(BaseModel):
+    """Parameters of :class:`cafe_shapes.ground_truth.ObjectHit`.
+
+    Attributes
+    ----------
+    top_k : int
+        How many of the most relevant patches to check.
+    objects : {"deciding", "any"}
+        The objects that decided the label, or every object.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(1, ge=1)
+    objects: Literal["deciding", "any"] = "deciding"
