@@ -84,10 +84,11 @@ def _check_saes(backbone: Any, saes: list[Any], spec: RunSpec) -> list[tuple[str
                 (path, f"the SAE reads {sae.d_in}-dim activations but the backbone's tokens are {backbone.width}-dim; "
                  "it was trained on another model")
             )
-        if spec.targets.latents is not None:
-            bad = [n for n in spec.targets.latents if n >= sae.d_sae]
+        for j, rule in enumerate(spec.targets):
+            bad = [n for n in rule.latents or () if n >= sae.d_sae]
             if bad:
-                problems.append(("targets.latents", f"latents {bad} do not exist in an SAE of {sae.d_sae} latents"))
+                where = f"targets[{j}].latents" if len(spec.targets) > 1 else "targets.latents"
+                problems.append((where, f"latents {bad} do not exist in an SAE of {sae.d_sae} latents"))
     return problems
 
 
@@ -119,10 +120,12 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         backbone = backbone.to(device=context.device, dtype=context.dtype)
         saes = [sae.to(device=context.device, dtype=context.dtype) for sae in saes if sae is not None]
         problems += _check_saes(backbone, saes, spec)
-        try:
-            fixed_position(spec.targets.position, backbone)
-        except SpecError as exc:
-            problems.extend(exc.problems)
+        for j, rule in enumerate(spec.targets):
+            try:
+                fixed_position(rule.position, backbone)
+            except SpecError as exc:
+                where = f"targets[{j}].position" if len(spec.targets) > 1 else "targets.position"
+                problems.extend((where, message) for _, message in exc.problems)
     if problems:
         raise SpecError(problems)
     return RunPlan(

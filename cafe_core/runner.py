@@ -109,23 +109,30 @@ class _UnitWorker:
         self.store.write_batch(unit=unit.key)
 
     def _select(self, sae: Any, x: torch.Tensor, image_ids: list[str]) -> list[SelectedTarget]:
-        targets = self.plan.spec.targets
+        """The union of every ``[[targets]]`` rule's targets on these images (each target once)."""
         with torch.no_grad():
             h = self.plan.backbone.forward_to(x, sae.layer)
             _check_finite(h, f"activations at layer {sae.layer} of images {image_ids}",
                           "the backbone weights may be corrupt; check the checkpoint")
-            if targets.latents is None:
-                codes = sae.encode(h)
-            else:  # only the requested rows of the dictionary
-                flat = h.reshape(-1, h.shape[-1])
-                codes = torch.stack(
-                    [sae.encode_latents(flat, torch.full((len(flat),), n, device=h.device)) for n in targets.latents],
-                    dim=-1,
-                ).reshape(*h.shape[:2], len(targets.latents))
+            chosen: dict[tuple[int, Any], SelectedTarget] = {}
+            for rule in self.plan.spec.targets:
+                for s in self._select_rule(rule, sae, h, image_ids):
+                    chosen.setdefault((s.image_row, s.target), s)
+        return list(chosen.values())
+
+    def _select_rule(self, rule: Any, sae: Any, h: torch.Tensor, image_ids: list[str]) -> list[SelectedTarget]:
+        if rule.latents is None:
+            codes = sae.encode(h)
+        else:  # only the requested rows of the dictionary
+            flat = h.reshape(-1, h.shape[-1])
+            codes = torch.stack(
+                [sae.encode_latents(flat, torch.full((len(flat),), n, device=h.device)) for n in rule.latents],
+                dim=-1,
+            ).reshape(*h.shape[:2], len(rule.latents))
         return select_targets(
-            codes, image_ids=image_ids, layer=sae.layer, backbone=self.plan.backbone, latents=targets.latents,
-            select=targets.select, count=targets.count, position=targets.position,
-            min_activation=targets.min_activation, seed=self.plan.spec.run.seed,
+            codes, image_ids=image_ids, layer=sae.layer, backbone=self.plan.backbone, latents=rule.latents,
+            select=rule.select, count=rule.count, position=rule.position,
+            min_activation=rule.min_activation, seed=self.plan.spec.run.seed,
         )
 
     def _explain(

@@ -13,12 +13,13 @@ import pathlib
 import sys
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import CafeError, SpecError
+from .errors import CafeError, SpecError, UnknownComponentError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,10 +54,11 @@ class ComponentSpec(BaseModel):
 
     name: str
     label: str | None = None
+    optional: bool = False
 
     @property
     def params(self) -> dict[str, Any]:
-        """The component's own params (everything but ``name`` and ``label``)."""
+        """The component's own params (everything but ``name``, ``label`` and ``optional``)."""
         return dict(self.model_extra or {})
 
     @property
@@ -139,12 +141,12 @@ class RunSpec(BaseModel):
     backbone: ComponentSpec
     sae: list[ComponentSpec] = Field(min_length=1)
     data: ComponentSpec
-    targets: TargetsSpec
+    targets: list[TargetsSpec] = Field(min_length=1)
     attributors: list[ComponentSpec] = Field(min_length=1)
     metrics: list[ComponentSpec] = Field(default_factory=list)
     run: RunSection = Field(default_factory=RunSection)
 
-    @field_validator("sae", mode="before")
+    @field_validator("sae", "targets", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
@@ -264,7 +266,16 @@ def load_spec(source: RunSpec | dict[str, Any] | str | pathlib.Path) -> tuple[Ru
     try:
         return RunSpec.model_validate(raw), base_dir
     except ValidationError as exc:
-        raise SpecError(validation_problems(exc)) from None
+        single = [key for key in ("sae", "targets") if isinstance(raw.get(key), dict)]
+        raise SpecError([(_unindex(path, single), message) for path, message in validation_problems(exc)]) from None
+
+
+def _unindex(path: str, single: list[str]) -> str:
+    """``targets[0].x`` -> ``targets.x`` where the spec wrote one ``[targets]`` table, not an array."""
+    for key in single:
+        if path == f"{key}[0]" or path.startswith(f"{key}[0]."):
+            return key + path[len(key) + 3 :]
+    return path
 
 
 @dataclass
@@ -362,6 +373,11 @@ def resolve_component(
     """Match one component section (at ``path`` in the spec) to its registration and validate its params."""
     try:
         registration = host.registry(kind).get(entry.name)
+    except UnknownComponentError as exc:
+        if entry.optional:
+            warnings.warn(f"{path}: skipping optional {kind} {entry.name!r}: {exc}", RuntimeWarning, stacklevel=2)
+            return None, []
+        return None, [(f"{path}.name", str(exc))]
     except CafeError as exc:
         return None, [(f"{path}.name", str(exc))]
     raw = anchor_paths(registration.params, entry.params, base_dir)

@@ -201,3 +201,29 @@ def test_sae_of_another_width_is_rejected(spec_dict, tmp_path):
     spec_dict["sae"] = {"name": "relu", "path": str(tmp_path / "wide.safetensors")}
     with pytest.raises(SpecError, match="reads 48-dim activations but the backbone's tokens are 32-dim"):
         cafe_core.run(spec_dict)
+
+
+def test_several_target_rules_are_united_without_duplicates(spec_dict, tmp_path):
+    spec_dict["targets"] = [
+        {"select": "top", "count": 2},
+        {"select": "top", "count": 3},  # overlaps the first rule on its two latents
+        {"latents": [7], "position": "cls"},
+    ]
+    spec_dict["attributors"] = [{"name": "activation_map"}]
+    results = cafe_core.run(spec_dict, tmp_path / "run")
+    per_image = {}
+    for t in results.targets:
+        per_image.setdefault(t["image_id"], []).append((t["latent"], t["position"]))
+    for targets in per_image.values():
+        assert len(targets) == len(set(targets)) == 3 + 1
+        assert (7, 0) in targets
+
+
+def test_an_optional_component_that_is_not_installed_is_skipped(spec_dict, tmp_path):
+    spec_dict["attributors"].append({"name": "not_installed_method", "optional": True})
+    with pytest.warns(RuntimeWarning, match="skipping optional attributor 'not_installed_method'"):
+        results = cafe_core.run(spec_dict, tmp_path / "run")
+    assert {r["attributor"] for r in results.rows} == {"activation_map", "gradient_x_input"}
+    spec_dict["attributors"][-1]["optional"] = False
+    with pytest.raises(SpecError, match="unknown attributor 'not_installed_method'"):
+        cafe_core.run(spec_dict, tmp_path / "other")

@@ -306,3 +306,26 @@ def test_metrics_are_discovered_through_entry_points():
 def test_bad_metric_params_fail_validation(name, params):
     with pytest.raises(pydantic.ValidationError):
         PluginHost().registry("metric").get(name).build(params)
+
+
+# -- own_patch_share ------------------------------------------------------------------------------------------
+
+
+def test_own_patch_share_hand_computed():
+    from types import SimpleNamespace
+
+    from cafe_faithfulness.locality import OwnPatchShare
+
+    backbone = SimpleNamespace(prefix_tokens=("cls",), grid_size=(2, 2))
+    target = SimpleNamespace(backbone=backbone, positions=torch.tensor([1, 4, 0, 2]))
+    heat = torch.tensor(
+        [
+            [[3.0, 1.0], [-5.0, 0.0]],  # own patch 0: 3 / (3 + 1)
+            [[1.0, 1.0], [1.0, 1.0]],  # own patch 3: 1 / 4
+            [[1.0, 1.0], [1.0, 1.0]],  # class token: no patch of its own
+            [[-1.0, -2.0], [0.0, 0.0]],  # no positive relevance
+        ]
+    )
+    score = OwnPatchShare().evaluate(target, torch.zeros(4, 3, 2, 2), heat, None).score
+    assert score[:2].tolist() == [0.75, 0.25]
+    assert torch.isnan(score[2:]).all()

@@ -1,9 +1,9 @@
-"""Reading a local state dict and loading it into a timm VisionTransformer."""
+"""Reading a local state dict and loading it into a timm model."""
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -62,12 +62,38 @@ def read_state_dict(path: pathlib.Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint(model: torch.nn.Module, path: pathlib.Path, model_name: str) -> None:
+_VIT_KWARGS = "depth, embed_dim, num_heads, patch_size, class_token, reg_tokens, num_classes..."
+
+Converter = Callable[[dict[str, torch.Tensor], torch.nn.Module], dict[str, torch.Tensor]]
+
+
+def load_checkpoint(
+    model: torch.nn.Module,
+    path: pathlib.Path,
+    model_name: str,
+    *,
+    converter: Converter | None | str = "vit",
+    kwargs_hint: str = _VIT_KWARGS,
+) -> None:
     """Load the state dict of ``path`` into ``model`` (all keys must match).
 
-    When the names or shapes do not match directly, timm's own conversion
-    (``vision_transformer.checkpoint_filter_fn``: position embedding resampling for another image size, patch
-    embedding resampling, original JAX/CLIP layouts) is tried before giving up.
+    When the names or shapes do not match directly, timm's own conversion is tried before giving up: by
+    default ``vision_transformer.checkpoint_filter_fn`` (position embedding resampling for another image size,
+    patch embedding resampling, original JAX/CLIP layouts).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The timm model to fill.
+    path : pathlib.Path
+        The checkpoint file.
+    model_name : str
+        The timm name, for messages.
+    converter : callable or None or "vit"
+        ``(state_dict, model) -> state_dict`` tried on a mismatch (a timm ``checkpoint_filter_fn``); ``"vit"``
+        for the Vision Transformer one, ``None`` for none.
+    kwargs_hint : str
+        The ``model_kwargs`` that shape the architecture, named in the error message.
 
     Raises
     ------
@@ -77,23 +103,27 @@ def load_checkpoint(model: torch.nn.Module, path: pathlib.Path, model_name: str)
     state = read_state_dict(path)
     problems = _mismatch(model, state)
     if problems:
-        converted = _convert(model, state)
+        converted = _convert(model, state, converter)
         if converted is not None and not _mismatch(model, converted):
             state, problems = converted, []
     if problems:
         raise TimmBackboneError(
             f"checkpoint '{path}' does not fit timm model {model_name!r}: {'; '.join(problems)}. The model name, "
-            "img_size and model_kwargs (depth, embed_dim, num_heads, patch_size, class_token, reg_tokens, "
-            "num_classes...) must describe the architecture the checkpoint was trained with"
+            f"img_size and model_kwargs ({kwargs_hint}) must describe the architecture the checkpoint was "
+            "trained with"
         )
     model.load_state_dict(state, strict=True)
 
 
-def _convert(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
+def _convert(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], converter: Converter | None | str
+) -> dict[str, torch.Tensor] | None:
+    if converter == "vit":
+        from timm.models.vision_transformer import checkpoint_filter_fn as converter
+    if converter is None:
+        return None
     try:
-        return checkpoint_filter_fn(dict(state), model)
+        return converter(dict(state), model)
     except Exception:
         # The conversion only applies to some layouts; the direct mismatch is the better explanation.
         return None

@@ -1,4 +1,4 @@
-"""Parameters of the ``timm`` backbone, validated before timm or torch is imported."""
+"""Parameters of the ``timm`` and ``timm_conv`` backbones, validated before timm or torch is imported."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import TimmBackboneError
 
-__all__ = ["CHECKPOINT_SUFFIXES", "TimmParams", "check_options"]
+__all__ = ["CHECKPOINT_SUFFIXES", "TimmConvParams", "TimmParams", "check_options"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -110,3 +110,24 @@ class TimmParams(BaseModel):
             self.model, self.pretrained, self.checkpoint, self.img_size, self.model_kwargs
         )
         return self
+
+
+class TimmConvParams(TimmParams):
+    """Parameters of the ``timm_conv`` backbone: those of :class:`TimmParams`, plus the heatmap patch size.
+
+    Attributes
+    ----------
+    model : str
+        A timm ResNet or ConvNeXt name, e.g. ``"resnet50"`` or ``"convnext_tiny"``.
+    pretrained, checkpoint, model_kwargs
+        As in :class:`TimmParams` (``model_kwargs``: ``channels``, ``layers``, ``stem_width``, ``depths``,
+        ``dims``, ``output_stride``...).
+    img_size : int or None
+        Square input size (default: the model's pretrained input size); a multiple of the deepest stage's
+        stride.
+    patch_size : int or None
+        Side in pixels of the square input patches heatmaps are summed over (default: the stride of the
+        deepest stage, 32 for the standard models); it must divide ``img_size``.
+    """
+
+    patch_size: int | None = Field(default=None, gt=0)
