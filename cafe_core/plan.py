@@ -11,7 +11,7 @@ import torch
 
 from . import __version__
 from .errors import SpecError
-from .protocols import RunContext
+from .protocols import RunContext, layer_width
 from .selection import fixed_position
 from .spec import ResolvedComponent, RunSpec, build_component, resolve_device, resolve_partially
 
@@ -79,10 +79,11 @@ def _check_saes(backbone: Any, saes: list[Any], spec: RunSpec) -> list[tuple[str
                 (f"{path}.layer", f"layer {layer} is past the backbone's {backbone.depth} blocks "
                  f"(valid: 0..{backbone.depth - 1}, the output of that block)")
             )
-        if sae.d_in != backbone.width:
+        width = layer_width(backbone, layer) if layer is not None and 0 <= layer < backbone.depth else backbone.width
+        if sae.d_in != width:
             problems.append(
-                (path, f"the SAE reads {sae.d_in}-dim activations but the backbone's tokens are {backbone.width}-dim; "
-                 "it was trained on another model")
+                (path, f"the SAE reads {sae.d_in}-dim activations but the backbone's tokens are {width}-dim; "
+                 "it was trained on another model or layer")
             )
         for j, rule in enumerate(spec.targets):
             bad = [n for n in rule.latents or () if n >= sae.d_sae]
@@ -122,7 +123,7 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         problems += _check_saes(backbone, saes, spec)
         for j, rule in enumerate(spec.targets):
             try:
-                fixed_position(rule.position, backbone)
+                fixed_position(rule.position, backbone, min((s.layer for s in saes if s.layer is not None), default=0))
             except SpecError as exc:
                 where = f"targets[{j}].position" if len(spec.targets) > 1 else "targets.position"
                 problems.extend((where, message) for _, message in exc.problems)

@@ -24,6 +24,9 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 import torch
 
 __all__ = [
+    "layer_grid",
+    "layer_width",
+    "own_patch",
     "Attribution",
     "Attributor",
     "Backbone",
@@ -120,6 +123,14 @@ class Backbone(Protocol):
     prefix_tokens : tuple of str
         Names of the tokens before the patch tokens, in order (``("cls",)``, ``("cls", "reg0", ...)`` or
         ``()``).
+
+    Notes
+    -----
+    ``grid_size`` and ``patch_size`` describe the heatmap grid over the input. A backbone whose layers have
+    token grids of their own (a conv net's stages) also defines ``layer_grid(layer) -> (h, w)`` and
+    ``layer_width(layer) -> int``; ``forward_to(x, layer)`` then returns
+    ``[B, len(prefix_tokens) + h * w, layer_width(layer)]``. Without them every layer has ``grid_size``
+    tokens of width ``width`` (use :func:`layer_grid` and :func:`layer_width` to read either kind).
     """
 
     model: torch.nn.Module
@@ -141,6 +152,31 @@ class Backbone(Protocol):
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Backbone":
         """Move the model (and any normalisation constants) in place; returns ``self``."""
         ...
+
+
+def layer_grid(backbone: Any, layer: int) -> tuple[int, int]:
+    """The token grid ``(h, w)`` of a backbone's layer (its heatmap grid unless it defines ``layer_grid``)."""
+    method = getattr(backbone, "layer_grid", None)
+    return tuple(method(layer)) if callable(method) else tuple(backbone.grid_size)
+
+
+def layer_width(backbone: Any, layer: int) -> int:
+    """The token width of a backbone's layer (``width`` unless it defines ``layer_width``)."""
+    method = getattr(backbone, "layer_width", None)
+    return int(method(layer)) if callable(method) else int(backbone.width)
+
+
+def own_patch(backbone: Any, layer: int, positions: torch.Tensor) -> torch.Tensor:
+    """Index (row-major) of the heatmap patch that holds each token's own cell; -1 for prefix tokens.
+
+    A token of a layer whose grid is finer than the heatmap grid lies in the heatmap patch covering it.
+    """
+    h, w = layer_grid(backbone, layer)
+    gh, gw = backbone.grid_size
+    cell = positions - len(backbone.prefix_tokens)
+    row, col = torch.div(cell.clamp_min(0), w, rounding_mode="floor"), cell.clamp_min(0) % w
+    patch = torch.div(row * gh, h, rounding_mode="floor") * gw + torch.div(col * gw, w, rounding_mode="floor")
+    return torch.where(cell >= 0, patch, torch.full_like(patch, -1))
 
 
 @runtime_checkable

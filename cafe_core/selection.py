@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import SpecError
-from .protocols import Target
+from .protocols import Target, layer_grid
 
 __all__ = ["SelectedTarget", "fixed_position", "position_name", "select_targets"]
 
@@ -33,7 +33,7 @@ class SelectedTarget:
     status: str
 
 
-def fixed_position(position: int | str, backbone: Any) -> int | None:
+def fixed_position(position: int | str, backbone: Any, layer: int = 0) -> int | None:
     """Sequence index of a fixed position spec, or ``None`` for ``"argmax"``.
 
     Raises
@@ -42,7 +42,8 @@ def fixed_position(position: int | str, backbone: Any) -> int | None:
         For a prefix token the backbone does not have, or an index past the sequence.
     """
     prefixes = tuple(backbone.prefix_tokens)
-    n_tokens = len(prefixes) + backbone.grid_size[0] * backbone.grid_size[1]
+    gh, gw = layer_grid(backbone, layer)
+    n_tokens = len(prefixes) + gh * gw
     if position == "argmax":
         return None
     if isinstance(position, str):
@@ -59,12 +60,12 @@ def fixed_position(position: int | str, backbone: Any) -> int | None:
     return int(position)
 
 
-def position_name(position: int, backbone: Any) -> str:
-    """``"cls"``, ``"reg0"``... for prefix tokens, ``"patch(r,c)"`` for patch tokens."""
+def position_name(position: int, backbone: Any, layer: int = 0) -> str:
+    """``"cls"``, ``"reg0"``... for prefix tokens, ``"patch(r,c)"`` (in the layer's token grid) otherwise."""
     prefixes = tuple(backbone.prefix_tokens)
     if position < len(prefixes):
         return prefixes[position]
-    row, col = divmod(position - len(prefixes), backbone.grid_size[1])
+    row, col = divmod(position - len(prefixes), layer_grid(backbone, layer)[1])
     return f"patch({row},{col})"
 
 
@@ -105,7 +106,7 @@ def select_targets(
         Explicit latents are all returned (inactive ones flagged); ``select`` rules return active ones only.
     """
     n_prefix = len(backbone.prefix_tokens)
-    fixed = fixed_position(position, backbone)
+    fixed = fixed_position(position, backbone, layer)
     if fixed is None:
         per_latent, argmax = codes[:, n_prefix:, :].max(dim=1)
         positions = argmax + n_prefix
@@ -135,7 +136,7 @@ def select_targets(
                 SelectedTarget(
                     image_row=b,
                     target=Target(layer, int(latent), pos),
-                    position_name=position_name(pos, backbone),
+                    position_name=position_name(pos, backbone, layer),
                     activation=value,
                     status="explained" if value > min_activation else "inactive",
                 )

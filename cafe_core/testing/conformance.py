@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..protocols import Attribution, MetricResult, RunContext, TargetFunction
+from ..protocols import Attribution, MetricResult, RunContext, TargetFunction, layer_grid, layer_width
 from .model_state import snapshot
 
 __all__ = ["ConformanceError", "check_attributor", "check_backbone", "check_metric", "check_sae"]
@@ -175,7 +175,8 @@ def check_backbone(backbone: Any, x: torch.Tensor) -> dict[int, torch.Tensor]:
     """Check the token geometry and the layer contract of a backbone on inputs ``x [B, 3, H, W]``.
 
     Rules: every attribute of the protocol present; ``forward_to(x, L)`` of shape
-    ``[B, len(prefix_tokens) + gh * gw, width]`` for every ``L`` in ``0..depth-1``, deterministic and batch
+    ``[B, len(prefix_tokens) + h * w, layer_width(L)]`` (``(h, w) = layer_grid(L)``, the heatmap grid and
+    ``width`` for a backbone without per-layer grids) for every ``L`` in ``0..depth-1``, deterministic and batch
     invariant; ``grid_size * patch_size == image_size``; layers outside ``0..depth-1`` rejected.
 
     Returns
@@ -191,10 +192,11 @@ def check_backbone(backbone: Any, x: torch.Tensor) -> dict[int, torch.Tensor]:
     gh, gw = backbone.grid_size
     if (gh * backbone.patch_size[0], gw * backbone.patch_size[1]) != tuple(backbone.image_size):
         problems.append(f"grid {backbone.grid_size} x patch {backbone.patch_size} != image size {backbone.image_size}")
-    expected = (len(x), len(backbone.prefix_tokens) + gh * gw, backbone.width)
     outputs = {}
     with torch.no_grad():
         for layer in range(backbone.depth):
+            h, w = layer_grid(backbone, layer)
+            expected = (len(x), len(backbone.prefix_tokens) + h * w, layer_width(backbone, layer))
             tokens = backbone.forward_to(x, layer)
             outputs[layer] = tokens
             if tuple(tokens.shape) != expected:

@@ -317,7 +317,7 @@ def test_own_patch_share_hand_computed():
     from cafe_faithfulness.locality import OwnPatchShare
 
     backbone = SimpleNamespace(prefix_tokens=("cls",), grid_size=(2, 2))
-    target = SimpleNamespace(backbone=backbone, positions=torch.tensor([1, 4, 0, 2]))
+    target = SimpleNamespace(backbone=backbone, layer=0, positions=torch.tensor([1, 4, 0, 2]))
     heat = torch.tensor(
         [
             [[3.0, 1.0], [-5.0, 0.0]],  # own patch 0: 3 / (3 + 1)

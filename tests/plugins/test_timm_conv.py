@@ -259,3 +259,12 @@ def test_discovered_through_entry_point():
     assert isinstance(backbone, TimmConvNet) and isinstance(backbone, Backbone)
     assert backbone.grid_size == (4, 4)
     assert backbone.forward_to(backbone.preprocess([Image.new("RGB", (40, 40))]), 1).shape == (1, 64, 16)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+def test_the_generic_backbone_kit_passes_with_per_stage_grids(name):
+    from cafe_core.testing import check_backbone
+
+    backbone = variant(name)
+    outputs = check_backbone(backbone, images(backbone))
+    assert outputs[0].shape == (2, 16 * 16, VARIANTS[name][1][0])

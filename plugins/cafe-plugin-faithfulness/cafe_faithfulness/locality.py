@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cafe_core.protocols import MetricResult, RunContext, TargetFunction
+from cafe_core.protocols import MetricResult, RunContext, TargetFunction, own_patch
 
 __all__ = ["OwnPatchShare"]
 
@@ -24,10 +24,8 @@ class OwnPatchShare:
         self, target: TargetFunction, x: torch.Tensor, heatmap: torch.Tensor, context: RunContext
     ) -> MetricResult:
         """Score each row's heatmap against the position of its target token."""
-        backbone = target.backbone
-        n_prefix = len(backbone.prefix_tokens)
         positive = heatmap.clamp_min(0).flatten(1)
-        patch = target.positions.to(heatmap.device) - n_prefix
+        patch = own_patch(target.backbone, target.layer, target.positions).to(heatmap.device)
         is_patch = patch >= 0
         own = positive.gather(1, patch.clamp_min(0)[:, None]).squeeze(1)
         total = positive.sum(1)
