@@ -23,6 +23,10 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from .context import RunContext
+from .geometry import layer_grid, layer_width, own_patch
+from .target import Target, TargetFunction
+
 __all__ = [
     "layer_grid",
     "layer_width",
@@ -39,47 +43,6 @@ __all__ = [
     "Target",
     "TargetFunction",
 ]
-
-
-@dataclass(frozen=True, order=True)
-class Target:
-    """One thing to explain: latent ``latent`` of the SAE at ``layer``, read at token ``position``."""
-
-    layer: int
-    latent: int
-    position: int
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Execution settings every component receives from the run, so that no method can miss them.
-
-    Attributes
-    ----------
-    batch_size : int
-        Largest number of images a component may push through the model at once (internal batching of
-        integration steps, insertion steps and occlusions all respect it).
-    device : torch.device
-        Where the model and inputs live.
-    dtype : torch.dtype
-        Floating point type of the inputs.
-    seed : int
-        Seed for any randomness (baselines, random rankings, noise tunnels).
-    """
-
-    batch_size: int = 16
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
-    seed: int = 0
-
-    def generator(self, offset: int = 0) -> torch.Generator:
-        """A CPU generator seeded from ``seed + offset``; reproducible across devices."""
-        return torch.Generator().manual_seed(self.seed + offset)
-
-    def chunks(self, n: int) -> Iterator[slice]:
-        """Consecutive slices of at most ``batch_size`` rows covering ``range(n)``."""
-        for start in range(0, n, self.batch_size):
-            yield slice(start, min(start + self.batch_size, n))
 
 
 @dataclass
@@ -154,31 +117,6 @@ class Backbone(Protocol):
         ...
 
 
-def layer_grid(backbone: Any, layer: int) -> tuple[int, int]:
-    """The token grid ``(h, w)`` of a backbone's layer (its heatmap grid unless it defines ``layer_grid``)."""
-    method = getattr(backbone, "layer_grid", None)
-    return tuple(method(layer)) if callable(method) else tuple(backbone.grid_size)
-
-
-def layer_width(backbone: Any, layer: int) -> int:
-    """The token width of a backbone's layer (``width`` unless it defines ``layer_width``)."""
-    method = getattr(backbone, "layer_width", None)
-    return int(method(layer)) if callable(method) else int(backbone.width)
-
-
-def own_patch(backbone: Any, layer: int, positions: torch.Tensor) -> torch.Tensor:
-    """Index (row-major) of the heatmap patch that holds each token's own cell; -1 for prefix tokens.
-
-    A token of a layer whose grid is finer than the heatmap grid lies in the heatmap patch covering it.
-    """
-    h, w = layer_grid(backbone, layer)
-    gh, gw = backbone.grid_size
-    cell = positions - len(backbone.prefix_tokens)
-    row, col = torch.div(cell.clamp_min(0), w, rounding_mode="floor"), cell.clamp_min(0) % w
-    patch = torch.div(row * gh, h, rounding_mode="floor") * gw + torch.div(col * gw, w, rounding_mode="floor")
-    return torch.where(cell >= 0, patch, torch.full_like(patch, -1))
-
-
 @runtime_checkable
 class SAE(Protocol):
     """A sparse autoencoder over one site of a backbone.
@@ -224,120 +162,6 @@ class SAE(Protocol):
     def to(self, *args: Any, **kwargs: Any) -> "SAE":
         """Move parameters like :meth:`torch.nn.Module.to` (an SAE is usually an ``nn.Module``)."""
         ...
-
-
-class TargetFunction:
-    """``f(x) -> z``: a batch of targets as a differentiable function of the input images.
-
-    Row ``i`` of the input is explained with respect to latent ``latents[i]`` read at token ``positions[i]``,
-    so one image may appear in several rows to explain several of its latents at once.
-
-    Parameters
-    ----------
-    backbone : Backbone
-        The model; only blocks ``0..layer`` run.
-    sae : SAE
-        The dictionary; only the rows of ``W_e`` named by ``latents`` are used.
-    layer : int
-        Block whose output the SAE reads.
-    latents, positions : torch.Tensor
-        Long tensors ``[B]``.
-    """
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        sae: SAE,
-        layer: int,
-        latents: torch.Tensor | Sequence[int],
-        positions: torch.Tensor | Sequence[int],
-    ) -> None:
-        self.backbone = backbone
-        self.sae = sae
-        self.layer = int(layer)
-        self.latents = torch.as_tensor(latents, dtype=torch.long).reshape(-1)
-        self.positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
-        if self.latents.shape != self.positions.shape:
-            raise ValueError(
-                f"latents and positions must have the same length, got {len(self.latents)} and "
-                f"{len(self.positions)}"
-            )
-
-    @classmethod
-    def for_targets(cls, backbone: Backbone, sae: SAE, targets: Sequence[Target]) -> "TargetFunction":
-        """Build the function of a list of targets that share one layer."""
-        layers = {t.layer for t in targets}
-        if len(layers) != 1:
-            raise ValueError(f"targets of one TargetFunction must share a layer, got layers {sorted(layers)}")
-        return cls(backbone, sae, layers.pop(), [t.latent for t in targets], [t.position for t in targets])
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    @property
-    def targets(self) -> list[Target]:
-        """The rows as :class:`Target` objects."""
-        return [Target(self.layer, int(n), int(k)) for n, k in zip(self.latents, self.positions)]
-
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Token activations ``[B, T, D]`` at the SAE's layer."""
-        return self.backbone.forward_to(x, self.layer)
-
-    def from_tokens(self, h: torch.Tensor) -> torch.Tensor:
-        """``z [B]`` from token activations ``[B, T, D]`` (row ``i`` reads token ``positions[i]``)."""
-        rows = torch.arange(h.shape[0], device=h.device)
-        picked = h[rows, self.positions.to(h.device)]
-        return self.sae.encode_latents(picked, self.latents.to(h.device))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``z [B]``: the target latent of each row of ``x [B, 3, H, W]``."""
-        if x.shape[0] != len(self):
-            raise ValueError(f"input has {x.shape[0]} rows but the target function has {len(self)}")
-        return self.from_tokens(self.tokens(x))
-
-    def select(self, index: torch.Tensor | Sequence[int] | slice) -> "TargetFunction":
-        """The function restricted to some rows."""
-        return TargetFunction(self.backbone, self.sae, self.layer, self.latents[index], self.positions[index])
-
-    def tile(self, copies: int) -> "TargetFunction":
-        """The rows repeated as ``copies`` whole copies, copy-major (the layout of stacked path samples)."""
-        return self.select(torch.arange(copies * len(self)) % len(self))
-
-    def pre_activation_from_tokens(self, h: torch.Tensor) -> torch.Tensor:
-        """The latents' pre-activations ``[B]`` (before the SAE's nonlinearity) from tokens ``[B, T, D]``.
-
-        Raises
-        ------
-        TypeError
-            If the SAE has no ``pre_activation_latents(h, latents)``.
-        """
-        method = getattr(self.sae, "pre_activation_latents", None)
-        if not callable(method):
-            raise TypeError(
-                f"{type(self.sae).__name__} has no pre_activation_latents(h, latents), so its pre-activations "
-                "cannot be explained; explain the latent itself instead"
-            )
-        rows = torch.arange(h.shape[0], device=h.device)
-        return method(h[rows, self.positions.to(h.device)], self.latents.to(h.device))
-
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """The latents' pre-activations ``[B]`` of ``x [B, 3, H, W]``."""
-        return self.pre_activation_from_tokens(self.tokens(x))
-
-    def repeat_interleave(self, repeats: int) -> "TargetFunction":
-        """Each row repeated ``repeats`` times in place (for step-wise curves over one target)."""
-        return TargetFunction(
-            self.backbone,
-            self.sae,
-            self.layer,
-            self.latents.repeat_interleave(repeats),
-            self.positions.repeat_interleave(repeats),
-        )
-
-    def batched(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """``self(x)`` computed in chunks of ``batch_size`` rows without gradients."""
-        with torch.no_grad():
-            return torch.cat([self.select(rows)(x[rows]) for rows in RunContext(batch_size=batch_size).chunks(len(x))])
 
 
 @dataclass
