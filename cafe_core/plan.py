@@ -62,9 +62,9 @@ class RunPlan:
             "plugins": plugins,
         }
 
-    def higher_is_better(self) -> dict[str, bool]:
-        """Direction of each metric, by label."""
-        return {label: bool(getattr(metric, "higher_is_better", True)) for label, metric in self.metrics.items()}
+    def higher_is_better(self) -> dict[str, bool | None]:
+        """Direction of each metric, by label (``None`` for a descriptive metric with no better direction)."""
+        return {label: getattr(metric, "higher_is_better", None) for label, metric in self.metrics.items()}
 
 
 def _check_saes(backbone: Any, saes: list[Any], spec: RunSpec) -> list[tuple[str, str]]:

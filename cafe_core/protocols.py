@@ -242,8 +242,9 @@ class Metric(Protocol):
 
     Class attributes
     ----------------
-    higher_is_better : bool
-        Direction of the score, used by summaries.
+    higher_is_better : bool or None
+        Direction of the score, used by summaries; ``None`` for a descriptive score (such as how local an
+        explanation is) that no direction makes better.
     ranking_based : bool, optional
         True when the score depends on the heatmap's ranking of patches only; the conformance kit then
         checks that a strictly increasing transform of the heatmap leaves the score unchanged.
@@ -254,7 +255,7 @@ class Metric(Protocol):
         ``annotations``, the :attr:`ImageItem.info` of each row's image.
     """
 
-    higher_is_better: bool
+    higher_is_better: bool | None
 
     def evaluate(
         self, target: TargetFunction, x: torch.Tensor, heatmap: torch.Tensor, context: RunContext

@@ -98,11 +98,11 @@ class Results:
 
     def format_summary(self) -> str:
         """The summary as an aligned text table (arrows show which direction is better)."""
-        lines = [f"{'metric':<14} {'attributor':<24} {'n':>5} {'mean':>8} {'± sem':>8} {'median':>8}"]
+        lines = [f"{'metric':<18} {'attributor':<24} {'n':>5} {'mean':>8} {'± sem':>8} {'median':>8}"]
         for row in self.summary():
             arrow = {True: " ↑", False: " ↓"}.get(row["higher_is_better"], "")
             lines.append(
-                f"{row['metric'] + arrow:<14} {row['attributor']:<24} {row['n']:>5} {row['mean']:>8.4f} "
+                f"{row['metric'] + arrow:<18} {row['attributor']:<24} {row['n']:>5} {row['mean']:>8.4f} "
                 f"{row['sem']:>8.4f} {row['median']:>8.4f}"
             )
         skipped = sum(1 for t in self.targets if t["status"] != "explained")

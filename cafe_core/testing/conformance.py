@@ -119,7 +119,7 @@ def check_metric(
     """Check a metric on one batch.
 
     Rules: a :class:`MetricResult` with a ``[B]`` score, finite except where undefined (NaN); curves
-    ``[B, S]`` over non-decreasing ``fractions`` in ``[0, 1]``; ``higher_is_better`` a bool; determinism;
+    ``[B, S]`` over non-decreasing ``fractions`` in ``[0, 1]``; ``higher_is_better`` True, False or None; determinism;
     batch invariance; scores inside ``metric.score_range`` when declared; and, for a metric declaring
     ``ranking_based = True``, the same score for any strictly increasing transform of the heatmap. A metric
     with ``uses_annotations = True`` receives ``annotations`` (one ``ImageItem.info`` per row).
@@ -137,8 +137,8 @@ def check_metric(
         def evaluate(t, xs, h, c, rows=None):
             return metric.evaluate(t, xs, h, c)
 
-    if not isinstance(getattr(metric, "higher_is_better", None), bool):
-        problems.append("`higher_is_better` missing or not a bool")
+    if not hasattr(metric, "higher_is_better") or metric.higher_is_better not in (True, False, None):
+        problems.append("`higher_is_better` missing or not True, False or None")
     result = evaluate(target, x, heatmap, context)
     if not isinstance(result, MetricResult):
         _raise_if(problems + [f"returned {type(result).__name__}, not MetricResult"], type(metric).__name__)

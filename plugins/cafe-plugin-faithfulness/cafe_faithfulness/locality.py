@@ -17,7 +17,7 @@ class OwnPatchShare:
     no patch of its own) and for heatmaps without positive relevance.
     """
 
-    higher_is_better = True
+    higher_is_better = None  # descriptive: how local an explanation is, not how good
     score_range = (0.0, 1.0)
 
     def evaluate(
