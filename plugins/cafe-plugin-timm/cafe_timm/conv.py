@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .common import TimmModel
 from .errors import TimmBackboneError
 from .models import conv_classes, create_convnet
 from .params import check_options
@@ -30,7 +31,7 @@ _CONV_KWARGS = "layers, channels, stem_width, stem_type, depths, dims, conv_mlp,
 _check_index = TimmViT._check_index
 
 
-class TimmConvNet:
+class TimmConvNet(TimmModel):
     """A timm ResNet or ConvNeXt, read at the output of one stage.
 
     ``forward_to(x, L)`` runs the stem and stages ``0..L`` only and returns the output map of stage ``L``
@@ -165,45 +166,6 @@ class TimmConvNet:
             min(int((row + 0.5) * stride) // self.patch_size[0], self.grid_size[0] - 1),
             min(int((col + 0.5) * stride) // self.patch_size[1], self.grid_size[1] - 1),
         )
-
-    # Device -----------------------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model parameters live."""
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Floating point type of the model parameters (and of :meth:`preprocess` outputs)."""
-        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TimmConvNet":
-        """Move the model to ``device`` and/or cast it to the floating point ``dtype``; returns ``self``."""
-        if dtype is not None and not dtype.is_floating_point:
-            raise TimmBackboneError(f"dtype must be a floating point type such as torch.float32, got {dtype}")
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """``[3, 1, 1]`` normalisation mean, on the model's device and dtype."""
-        return self._preprocess.mean.to(self.device, self.dtype)
-
-    @property
-    def std(self) -> torch.Tensor:
-        """``[3, 1, 1]`` normalisation std: model inputs are ``(pixels - mean) / std``."""
-        return self._preprocess.std.to(self.device, self.dtype)
-
-    # Computation -----------------------------------------------------------------------------------------
-
-    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """Model inputs ``[B, 3, H, W]`` of PIL images or ``[3, H, W]`` tensors in ``[0, 1]``.
-
-        As :meth:`cafe_timm.vit.TimmViT.preprocess`: PIL images go through the model's pretrained evaluation
-        transform, tensors are resized to ``image_size`` and normalised with ``mean`` and ``std``.
-        """
-        return self._preprocess(images).to(self.device, self.dtype)
 
     def forward_to(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Token activations ``[B, h * w, stage_widths[layer]]``: the output map of stage ``layer``, row-major.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numbers
 import pathlib
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .checkpoint import load_checkpoint
+from .common import TimmModel
 from .errors import TimmBackboneError
 from .models import create_vit
 from .params import check_options
@@ -17,7 +18,7 @@ from .preprocess import ImagePreprocessor
 __all__ = ["TimmViT"]
 
 
-class TimmViT:
+class TimmViT(TimmModel):
     """Any timm VisionTransformer, read at the output of one block.
 
     The token sequence is ``[prefix tokens..., patch tokens...]``: the class token (if any), a distillation
@@ -121,46 +122,6 @@ class TimmViT:
         row = self._check_index(row, self.grid_size[0], "patch row")
         col = self._check_index(col, self.grid_size[1], "patch column")
         return self.num_prefix_tokens + row * self.grid_size[1] + col
-
-    # Device -----------------------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model parameters live."""
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Floating point type of the model parameters (and of :meth:`preprocess` outputs)."""
-        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TimmViT":
-        """Move the model to ``device`` and/or cast it to the floating point ``dtype``; returns ``self``."""
-        if dtype is not None and not dtype.is_floating_point:
-            raise TimmBackboneError(f"dtype must be a floating point type such as torch.float32, got {dtype}")
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """``[3, 1, 1]`` normalisation mean, on the model's device and dtype."""
-        return self._preprocess.mean.to(self.device, self.dtype)
-
-    @property
-    def std(self) -> torch.Tensor:
-        """``[3, 1, 1]`` normalisation std: model inputs are ``(pixels - mean) / std``."""
-        return self._preprocess.std.to(self.device, self.dtype)
-
-    # Computation -----------------------------------------------------------------------------------------
-
-    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """Model inputs ``[B, 3, H, W]`` of PIL images or ``[3, H, W]`` tensors in ``[0, 1]``.
-
-        PIL images (any mode and size) are converted to RGB, resized and center-cropped to ``image_size`` with
-        the model's pretrained evaluation transform, then normalised. Tensors are resized to ``image_size``
-        (bilinear, antialiased) and normalised with the same ``mean`` and ``std``.
-        """
-        return self._preprocess(images).to(self.device, self.dtype)
 
     def forward_to(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Token activations ``[B, T, D]`` at the output of block ``layer``.
