@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BLANKS", "DEFAULT_BLUR_FRACTION", "blur_radius", "gaussian_blur", "make_blank"]
+from .blank_names import BLANKS, Blank, check_blank
 
-BLANKS = ("zeros", "mean", "blur")
-"""The kinds of blank :func:`make_blank` knows."""
+__all__ = ["BLANKS", "Blank", "DEFAULT_BLUR_FRACTION", "blur_radius", "check_blank", "gaussian_blur", "make_blank"]
 
 DEFAULT_BLUR_FRACTION = 0.1
 """Default blur sigma as a fraction of the smaller image side: strong enough to erase object detail."""
@@ -58,6 +59,17 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), cols, groups=c)
 
 
+def _custom_blank(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    module, _, attr = kind.partition(":")
+    try:
+        function = importlib.import_module(module)
+        for part in attr.split("."):
+            function = getattr(function, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import blank {kind!r}: {exc}") from None
+    return function
+
+
 def make_blank(x: torch.Tensor, kind: str, blur_sigma: float | None = None) -> torch.Tensor:
     """The blank image of each row of ``x [B, C, H, W]`` (in model-input space).
 
@@ -65,9 +77,10 @@ def make_blank(x: torch.Tensor, kind: str, blur_sigma: float | None = None) -> t
     ----------
     x : torch.Tensor
         Model inputs ``[B, C, H, W]``.
-    kind : {"zeros", "mean", "blur"}
+    kind : {"zeros", "mean", "blur"} or "module:function"
         ``"zeros"``: a zero input (the normalisation mean colour for a normalised model input).
         ``"mean"``: each image's per-channel mean colour. ``"blur"``: :func:`gaussian_blur` of the image.
+        ``"module:function"``: a function of ``x`` returning blanks of its shape (from another plugin, say).
         Normalisation is affine per channel, so the mean and the blur of the normalised image are the
         normalised mean and blur of the raw image.
     blur_sigma : float, optional
@@ -85,4 +98,8 @@ def make_blank(x: torch.Tensor, kind: str, blur_sigma: float | None = None) -> t
     if kind == "blur":
         sigma = blur_sigma if blur_sigma is not None else DEFAULT_BLUR_FRACTION * min(x.shape[-2:])
         return gaussian_blur(x, sigma)
-    raise ValueError(f"unknown blank {kind!r}; expected 'zeros', 'mean' or 'blur'")
+    blank = _custom_blank(check_blank(kind))(x)
+    if not torch.is_tensor(blank) or blank.shape != x.shape:
+        shape = tuple(blank.shape) if torch.is_tensor(blank) else type(blank).__name__
+        raise ValueError(f"blank {kind!r} returned {shape} for inputs of shape {tuple(x.shape)}; it must match")
+    return blank.to(x)

@@ -158,3 +158,17 @@ def test_hand_added_plugin_object():
     host = PluginHost(entry_points=False)
     host.add(SimpleNamespace(cafe_register_metrics=cafe_register_metrics), "inline")
     assert host.registry("metric").get("always_one").plugin == "inline"
+
+
+def test_loading_every_installed_plugin_imports_no_torch():
+    """`cafe plugins`, `cafe validate --no-build` and spec checks stay fast: registration is lazy."""
+    import subprocess
+
+    code = (
+        "import sys; from cafe_core.plugins import PluginHost; from cafe_core.registry import KINDS; "
+        "host = PluginHost(); [host.registry(kind) for kind in KINDS]; "
+        "print(len(host.plugins), sorted(m for m in ('torch', 'timm', 'captum', 'lxt', 'zennit') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    assert int(out[0]) >= 5
+    assert out[1].strip() == "[]"

@@ -420,5 +420,5 @@ def test_constructors_reject_bad_values():
         IntegratedGradients(n_steps=1, method="riemann_trapezoid")
     with pytest.raises(ValueError, match="quantity"):
         IntegratedGradients(quantity="mid")
-    with pytest.raises(ValueError, match="baseline"):
+    with pytest.raises(ValueError, match="unknown blank 'noise'"):
         GradientShap(baseline="noise")

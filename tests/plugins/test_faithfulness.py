@@ -329,3 +329,31 @@ def test_own_patch_share_hand_computed():
     score = OwnPatchShare().evaluate(target, torch.zeros(4, 3, 2, 2), heat, None).score
     assert score[:2].tolist() == [0.75, 0.25]
     assert torch.isnan(score[2:]).all()
+
+
+# -- blanks from another plugin ---------------------------------------------------------------------------
+
+
+def half_brightness(x):
+    """A custom blank for the tests: the image at half its value."""
+    return x / 2
+
+
+def test_a_blank_named_by_module_and_function_is_used_everywhere_blanks_are():
+    from pydantic import ValidationError
+
+    from cafe_core.blanks import make_blank
+    from cafe_core.plugins import PluginHost
+
+    x = torch.randn(2, 3, 4, 4)
+    reference = f"{__name__}:half_brightness"
+    assert torch.equal(make_blank(x, reference), x / 2)
+    host = PluginHost()
+    for kind, name, key in [("metric", "insertion", "blank"), ("attributor", "occlusion", "blank"),
+                            ("attributor", "integrated_gradients", "baseline")]:
+        registration = host.registry(kind).get(name)
+        assert getattr(registration.validate({key: reference}), key) == reference
+        with pytest.raises(ValidationError, match="unknown blank 'noise'"):
+            registration.validate({key: "noise"})
+    with pytest.raises(ValueError, match="returned"):
+        make_blank(x, "torch:flatten")

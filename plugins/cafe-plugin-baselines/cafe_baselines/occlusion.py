@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cafe_core.blanks import BLANKS, make_blank
+from cafe_core.blanks import check_blank, make_blank
 from cafe_core.patches import patches_to_pixels
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
 
@@ -37,8 +37,7 @@ class Occlusion:
     conserves_relevance = False
 
     def __init__(self, blank: str = "zeros", blur_sigma: float | None = None) -> None:
-        if blank not in BLANKS:
-            raise ValueError(f"unknown blank {blank!r}; expected one of {BLANKS}")
+        check_blank(blank)
         if blur_sigma is not None and blur_sigma <= 0:
             raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
         self.blank = blank

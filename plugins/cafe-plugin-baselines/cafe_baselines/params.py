@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from cafe_core.blank_names import Blank
 
 __all__ = ["GradientXInputParams", "OcclusionParams", "RandomRankingParams"]
 
@@ -38,7 +38,7 @@ class OcclusionParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    blank: Literal["zeros", "mean", "blur"] = "zeros"
+    blank: Blank = "zeros"
     blur_sigma: float | None = Field(None, gt=0)
 
 

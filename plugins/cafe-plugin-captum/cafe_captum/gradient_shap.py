@@ -5,15 +5,12 @@ from __future__ import annotations
 import torch
 
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
-from cafe_core.blanks import make_blank
+from cafe_core.blanks import check_blank, make_blank
 
 from .functions import latent_function, to_attribution
 from .rng import seeded_global_rng
 
 __all__ = ["GradientShap"]
-
-_BLANKS = ("zeros", "mean", "blur")
-
 
 class GradientShap:
     """Heatmap of GradientSHAP (:class:`captum.attr.GradientShap`), summed over channels and patches.
@@ -59,8 +56,7 @@ class GradientShap:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
         if stdevs < 0:
             raise ValueError(f"stdevs must be non-negative, got {stdevs}")
-        if baseline not in _BLANKS:
-            raise ValueError(f"unknown baseline {baseline!r}; expected one of {_BLANKS}")
+        check_blank(baseline)
         if blur_sigma is not None and blur_sigma <= 0:
             raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
         self.n_samples = int(n_samples)

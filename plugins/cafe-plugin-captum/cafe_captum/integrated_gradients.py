@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
-from cafe_core.blanks import make_blank
+from cafe_core.blanks import check_blank, make_blank
 
 from .functions import QUANTITIES, latent_function, to_attribution
 from .params import RIEMANN_METHODS
@@ -13,9 +13,6 @@ from .params import RIEMANN_METHODS
 __all__ = ["IntegratedGradients"]
 
 _METHODS = ("gausslegendre", *RIEMANN_METHODS)
-_BLANKS = ("zeros", "mean", "blur")
-
-
 class IntegratedGradients:
     """Heatmap of ``(x - x0) * integral_0^1 df/dx(x0 + a (x - x0)) da``, summed over channels and patches.
 
@@ -78,8 +75,7 @@ class IntegratedGradients:
         minimum = 2 if method in RIEMANN_METHODS else 1
         if int(n_steps) < minimum:
             raise ValueError(f"method {method!r} needs n_steps >= {minimum}, got {n_steps}")
-        if baseline not in _BLANKS:
-            raise ValueError(f"unknown baseline {baseline!r}; expected one of {_BLANKS}")
+        check_blank(baseline)
         if quantity not in QUANTITIES:
             raise ValueError(f"unknown quantity {quantity!r}; expected one of {QUANTITIES}")
         if blur_sigma is not None and blur_sigma <= 0:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cafe_core.blank_names import Blank
+
 __all__ = [
     "BlankKind",
     "GradientShapParams",
@@ -16,7 +18,7 @@ __all__ = [
     "SaliencyParams",
 ]
 
-BlankKind = Literal["zeros", "mean", "blur"]
+BlankKind = Blank
 IntegrationMethod = Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
 Quantity = Literal["post", "pre"]
 

@@ -9,12 +9,9 @@ import torch
 from cafe_core.patches import patches_to_pixels, rank_patches
 from cafe_core.protocols import MetricResult, RunContext, TargetFunction
 
-from cafe_core.blanks import make_blank
+from cafe_core.blanks import check_blank, make_blank
 
 __all__ = ["Deletion", "Insertion", "PatchCurve", "curve_counts", "ranked_masks"]
-
-_BLANKS = ("zeros", "blur", "mean")
-
 
 def curve_counts(n_patches: int, steps: int) -> list[int]:
     """Patches changed at each point of a curve: ``0, steps, 2 * steps, ...`` and always ``n_patches`` last.
@@ -78,8 +75,7 @@ class PatchCurve:
     ) -> None:
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        if blank not in _BLANKS:
-            raise ValueError(f"unknown blank {blank!r}; expected one of {_BLANKS}")
+        check_blank(blank)
         if blur_sigma is not None and blur_sigma <= 0:
             raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
         self.steps = int(steps)

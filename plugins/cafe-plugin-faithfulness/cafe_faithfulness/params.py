@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from cafe_core.blank_names import Blank
 
 __all__ = ["BlankKind", "PatchCurveParams"]
 
-BlankKind = Literal["zeros", "blur", "mean"]
+BlankKind = Blank
 
 
 class PatchCurveParams(BaseModel):
