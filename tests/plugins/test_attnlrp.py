@@ -564,3 +564,37 @@ def test_attributors_are_discovered_through_entry_points():
     for name, bad in [("attnlrp", {"gamma": -1.0}), ("cp_lrp", {"gamma": float("inf")}), ("attnlrp", {"gama": 0.1})]:
         with pytest.raises(pydantic.ValidationError):
             registry.get(name).build(bad)
+
+
+# -- the fast forms of the LayerNorm and GELU rules ---------------------------------------------------------
+
+
+def test_layer_norm_rule_gradient_equals_the_detached_std_surrogate():
+    from cafe_attnlrp.rules import layer_norm_rule
+
+    norm = torch.nn.LayerNorm(8, eps=1e-6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    cotangent = torch.randn(3, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = layer_norm_rule(norm, x, (-1,), norm.weight, norm.eps)
+    assert torch.equal(out, norm(x))
+    (fast,) = torch.autograd.grad(out, x, cotangent)
+    mean = x.mean(-1, keepdim=True)
+    std = ((x - mean) ** 2).mean(-1, keepdim=True).add(norm.eps).sqrt()
+    surrogate = (x - mean) / std.detach() * norm.weight + norm.bias
+    (reference,) = torch.autograd.grad(surrogate, x, cotangent)
+    torch.testing.assert_close(fast, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_gelu_identity_rule_uses_the_normal_cdf_and_matches_the_general_ratio():
+    from cafe_attnlrp.rules import identity_rule
+
+    gelu = torch.nn.GELU()
+    x = torch.tensor([-3.0, -0.5, 0.0, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    (fast,) = torch.autograd.grad(identity_rule(gelu.forward, x), x, torch.ones_like(x))
+    (general,) = torch.autograd.grad(identity_rule(lambda t: gelu(t), x), x, torch.ones_like(x))
+    nonzero = x.detach() != 0
+    torch.testing.assert_close(fast[nonzero], general[nonzero], rtol=1e-12, atol=1e-12)
+    assert fast[2].item() == 0.5  # the normal CDF at 0; relevance x * grad there is 0 either way

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import absorb, gamma_linear, identity_rule, scale_gradient, stop_gradient, straight_through
+from .rules import absorb, gamma_linear, identity_rule, layer_norm_rule, scale_gradient, stop_gradient, straight_through
 
 __all__ = ["ATTENTION_RULES", "RelevanceProbe", "UnsupportedModelError", "lrp_rules"]
 
@@ -202,14 +202,7 @@ def _layer_norm_forward(norm: nn.Module, original: Callable, probe: RelevancePro
     dims = tuple(range(-len(norm.normalized_shape), 0))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=dims, keepdim=True)
-        std = (x - mean).pow(2).mean(dim=dims, keepdim=True).add(norm.eps).sqrt()
-        surrogate = (x - mean) / std.detach()
-        if norm.weight is not None:
-            surrogate = surrogate * norm.weight
-        if norm.bias is not None:
-            surrogate = surrogate + norm.bias
-        out = straight_through(original(x), surrogate)
+        out = layer_norm_rule(original, x, dims, norm.weight, norm.eps)
         return out if norm.bias is None else absorb(out, norm.bias, probe.tensor)
 
     return forward

@@ -21,7 +21,17 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["absorb", "gamma_linear", "identity_rule", "scale_gradient", "stop_gradient", "straight_through"]
+__all__ = [
+    "absorb",
+    "gamma_linear",
+    "identity_rule",
+    "layer_norm_rule",
+    "scale_gradient",
+    "stop_gradient",
+    "straight_through",
+]
+
+_INV_SQRT2 = 0.7071067811865476
 
 
 class _IdentityRule(torch.autograd.Function):
@@ -29,9 +39,14 @@ class _IdentityRule(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         out = fn(x)
         if ctx.needs_input_grad[0]:
-            zero = x == 0
-            # At x == 0 the relevance x * grad is zero whatever the ratio; 0 keeps it finite.
-            ctx.save_for_backward(torch.where(zero, torch.zeros_like(out), out / torch.where(zero, 1, x)))
+            if _is_exact_gelu(fn):
+                # gelu(x) / x is the normal CDF: no division, and defined at 0.
+                ratio = torch.erf(x * _INV_SQRT2).add_(1).mul_(0.5)
+            else:
+                zero = x == 0
+                # At x == 0 the relevance x * grad is zero whatever the ratio; 0 keeps it finite.
+                ratio = torch.where(zero, torch.zeros_like(out), out / torch.where(zero, 1, x))
+            ctx.save_for_backward(ratio)
         return out
 
     @staticmethod
@@ -59,6 +74,53 @@ def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -
         ``fn(x)``, bit for bit.
     """
     return _IdentityRule.apply(x, fn)
+
+
+def _is_exact_gelu(fn: Callable) -> bool:
+    module = getattr(fn, "__self__", fn)  # a module, or its bound forward
+    return (isinstance(module, torch.nn.GELU) and module.approximate == "none") or fn is F.gelu
+
+
+class _LayerNormRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fn, dims, weight, eps):  # noqa: D102 - see layer_norm_rule
+        out = fn(x)
+        if ctx.needs_input_grad[0]:
+            inv_std = torch.rsqrt(x.var(dim=dims, unbiased=False, keepdim=True).add_(eps))
+            ctx.dims = dims
+            ctx.save_for_backward(inv_std if weight is None else inv_std * weight.detach())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102 - see layer_norm_rule
+        (scale,) = ctx.saved_tensors
+        g = grad * scale
+        return g - g.mean(dim=ctx.dims, keepdim=True), None, None, None, None
+
+
+def layer_norm_rule(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dims: tuple[int, ...], weight, eps: float
+) -> torch.Tensor:
+    """``fn(x)`` for a LayerNorm ``fn``, with the identity rule on the normalisation (AttnLRP).
+
+    The backward treats the standard deviation as a constant while the mean subtraction stays
+    differentiable: ``grad_x = g - mean(g)`` over ``dims`` with ``g = grad_out * weight / std``, the gradient
+    of ``(x - mean(x)) / std.detach() * weight + bias``.
+
+    Parameters
+    ----------
+    fn : callable
+        The LayerNorm module (its value is returned bit for bit).
+    x : torch.Tensor
+        Its input.
+    dims : tuple of int
+        The normalised dimensions (negative).
+    weight : torch.Tensor or None
+        The elementwise scale.
+    eps : float
+        The variance epsilon.
+    """
+    return _LayerNormRule.apply(x, fn, dims, weight, eps)
 
 
 class _ScaleGradient(torch.autograd.Function):
