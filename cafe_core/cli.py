@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import traceback
@@ -24,12 +25,18 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
+    descriptions = {
+        (kind, entry["name"]): entry["description"]
+        for kind, entries in described["components"].items()
+        for entry in entries
+    }
     for plugin in described["plugins"]:
         version = f" {plugin['version']}" if plugin["version"] else ""
         dist = f" ({plugin['distribution']}{version})" if plugin["distribution"] else ""
         print(f"{plugin['name']}{dist}")
         for component in plugin["components"]:
-            print(f"    {component['kind']:<11} {component['name']}")
+            description = descriptions.get((component["kind"], component["name"]), "")
+            print(f"    {component['kind']:<11} {component['name']:<26} {description}".rstrip())
     for kind, conflicts in described["conflicts"].items():
         for name, plugins in conflicts.items():
             print(f"CONFLICT {kind} {name!r} registered by {', '.join(plugins)}")
@@ -141,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader (`cafe plugins | head`) stopped reading: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted; results written so far are kept, rerun the same command to resume", file=sys.stderr)
         return 130
