@@ -195,3 +195,13 @@ def numpy_gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
     for i in range(h):
         out[..., i, :] = (padded[..., i : i + 2 * radius + 1, :] * kernel[:, None]).sum(axis=-2)
     return out
+
+
+def patch_sum_images(b: int, seed: int = 0, low: float = 0.0) -> torch.Tensor:
+    """``b`` seeded images ``[b, 3, 8, 8]`` for :func:`patch_sum_backbone`, values in ``[low, 1)``."""
+    return low + torch.rand(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * (1 - low)
+
+
+def positive_patch_weights(seed: int, d_sae: int = 3, n_patches: int = 16) -> np.ndarray:
+    """Seeded per-patch weights in ``[0.1, 1)`` for a :class:`LinearReluSAE` over the 16 patches."""
+    return np.random.default_rng(seed).uniform(0.1, 1.0, size=(d_sae, n_patches))

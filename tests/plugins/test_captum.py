@@ -25,6 +25,8 @@ from handbuilt import (
     numpy_gaussian_blur,
     numpy_patch_sums,
     patch_sum_backbone,
+    patch_sum_images as _images,
+    positive_patch_weights as _weights,
 )
 
 GRID = (4, 4)
@@ -38,14 +40,6 @@ class LinearReluSAEWithPre(LinearReluSAE):
 
     def pre_activation_latents(self, h: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return (h * self.w_enc[latents]).sum(dim=-1) + self.b_enc[latents]
-
-
-def _images(b: int, seed: int = 0, low: float = 0.0) -> torch.Tensor:
-    return low + torch.rand(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * (1 - low)
-
-
-def _weights(seed: int, d_sae: int = 3) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0.1, 1.0, size=(d_sae, N))
 
 
 def _sums(x: torch.Tensor) -> np.ndarray:

@@ -20,19 +20,13 @@ from handbuilt import (
     numpy_gaussian_blur,
     numpy_patch_sums,
     patch_sum_backbone,
+    patch_sum_images as _images,
+    positive_patch_weights as _weights,
 )
 
 GRID = (4, 4)
 N = 16
 CLS = 0
-
-
-def _images(b: int, seed: int = 0, low: float = 0.0) -> torch.Tensor:
-    return low + torch.rand(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * (1 - low)
-
-
-def _weights(seed: int, d_sae: int = 3) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0.1, 1.0, size=(d_sae, N))
 
 
 def _sums(x: np.ndarray) -> np.ndarray:
