@@ -12,8 +12,13 @@ BLANKS = ("zeros", "mean", "blur")
 """The kinds of blank :func:`cafe_core.blanks.make_blank` knows."""
 
 
-def check_blank(kind: str) -> str:
-    """Validate a blank: one of :data:`BLANKS` or a ``"module:function"`` reference (raises ``ValueError``)."""
+def check_blank(kind: str, blur_sigma: float | None = None) -> str:
+    """Validate a blank: one of :data:`BLANKS` or a ``"module:function"`` reference, and its blur sigma.
+
+    Raises ``ValueError`` for an unknown blank or a ``blur_sigma`` that is not positive.
+    """
+    if blur_sigma is not None and not blur_sigma > 0:
+        raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
     module, _, attr = str(kind).partition(":")
     if kind in BLANKS or (module and attr):
         return kind

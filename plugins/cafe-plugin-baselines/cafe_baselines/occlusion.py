@@ -37,9 +37,7 @@ class Occlusion:
     conserves_relevance = False
 
     def __init__(self, blank: str = "zeros", blur_sigma: float | None = None) -> None:
-        check_blank(blank)
-        if blur_sigma is not None and blur_sigma <= 0:
-            raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
+        check_blank(blank, blur_sigma)
         self.blank = blank
         self.blur_sigma = blur_sigma
 

@@ -56,9 +56,7 @@ class GradientShap:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
         if stdevs < 0:
             raise ValueError(f"stdevs must be non-negative, got {stdevs}")
-        check_blank(baseline)
-        if blur_sigma is not None and blur_sigma <= 0:
-            raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
+        check_blank(baseline, blur_sigma)
         self.n_samples = int(n_samples)
         self.stdevs = float(stdevs)
         self.baseline = baseline

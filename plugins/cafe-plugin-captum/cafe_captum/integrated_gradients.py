@@ -75,11 +75,9 @@ class IntegratedGradients:
         minimum = 2 if method in RIEMANN_METHODS else 1
         if int(n_steps) < minimum:
             raise ValueError(f"method {method!r} needs n_steps >= {minimum}, got {n_steps}")
-        check_blank(baseline)
+        check_blank(baseline, blur_sigma)
         if quantity not in QUANTITIES:
             raise ValueError(f"unknown quantity {quantity!r}; expected one of {QUANTITIES}")
-        if blur_sigma is not None and blur_sigma <= 0:
-            raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
         self.n_steps = int(n_steps)
         self.method = method
         self.baseline = baseline

@@ -75,9 +75,7 @@ class PatchCurve:
     ) -> None:
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        check_blank(blank)
-        if blur_sigma is not None and blur_sigma <= 0:
-            raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
+        check_blank(blank, blur_sigma)
         self.steps = int(steps)
         self.blank = blank
         self.blur_sigma = blur_sigma

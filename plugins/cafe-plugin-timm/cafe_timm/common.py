@@ -15,6 +15,8 @@ class TimmModel:
     """Base of the timm backbones: subclasses set ``model`` (the module) and ``_preprocess``."""
 
     model: torch.nn.Module
+    model_name: str
+    image_size: tuple[int, int]
 
     # Device -----------------------------------------------------------------------------------------------
 
@@ -55,3 +57,16 @@ class TimmModel:
         (bilinear, antialiased) and normalised with the same ``mean`` and ``std``.
         """
         return self._preprocess(images).to(self.device, self.dtype)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse anything but images ``[B, 3, H, W]`` of the backbone's input size, saying how to fix it."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TimmBackboneError(
+                f"forward_to expects images [B, 3, H, W], got {shape}; build the input with preprocess(images)"
+            )
+        if tuple(x.shape[-2:]) != self.image_size:
+            raise TimmBackboneError(
+                f"input images are {tuple(x.shape[-2:])} but {self.model_name!r} expects {self.image_size}; "
+                "resize them with preprocess(images), or build the backbone with img_size matching the images"
+            )

@@ -186,20 +186,6 @@ class TimmConvNet(TimmModel):
             h = self.model.get_submodule(name)(h)
         return h.flatten(2).transpose(1, 2)
 
-    # Checks ----------------------------------------------------------------------------------------------
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TimmBackboneError(
-                f"forward_to expects images [B, 3, H, W], got {shape}; build the input with preprocess(images)"
-            )
-        if tuple(x.shape[-2:]) != self.image_size:
-            raise TimmBackboneError(
-                f"input images are {tuple(x.shape[-2:])} but this backbone expects {self.image_size}; "
-                "resize them with preprocess(images), or build the backbone with img_size matching the images"
-            )
-
     def __repr__(self) -> str:
         return (
             f"TimmConvNet({self.model_name!r}, depth={self.depth}, stage_widths={self.stage_widths}, "

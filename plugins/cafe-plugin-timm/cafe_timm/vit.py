@@ -147,18 +147,6 @@ class TimmViT(TimmModel):
 
     # Checks ----------------------------------------------------------------------------------------------
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TimmBackboneError(
-                f"forward_to expects images [B, 3, H, W], got {shape}; build the input with preprocess(images)"
-            )
-        if tuple(x.shape[-2:]) != self.image_size:
-            raise TimmBackboneError(
-                f"input images are {tuple(x.shape[-2:])} but {self.model_name!r} expects {self.image_size}; "
-                "resize them with preprocess(images), or build the backbone with img_size matching the images"
-            )
-
     @staticmethod
     def _check_index(value: Any, size: int, what: str) -> int:
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
