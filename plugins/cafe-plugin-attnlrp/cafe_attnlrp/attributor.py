@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from cafe_core.batching import BATCHING
+from cafe_core.gradients import input_gradients
 from cafe_core.patches import pixels_to_patches
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
 
@@ -21,11 +23,14 @@ class _LayerwiseRelevance:
     conserves_relevance = False
     attention_rule = "attnlrp"
 
-    def __init__(self, gamma: float = 0.0) -> None:
+    def __init__(self, gamma: float = 0.0, batching: str = "auto") -> None:
         gamma = float(gamma)
         if not (math.isfinite(gamma) and gamma >= 0):
             raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         self.gamma = gamma
+        self.batching = batching
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Relevance maps of the rows of ``x [B, 3, H, W]`` with respect to ``target``.
@@ -53,45 +58,31 @@ class _LayerwiseRelevance:
             If the backbone is not a timm VisionTransformer made of modules with a rule here.
         """
         backbone = target.backbone
-        pixel_maps, zs, absorbed, absorbed_sae = [], [], [], []
         with lrp_rules(backbone.model, target.layer, self.attention_rule, self.gamma) as probe:
-            for start in range(0, len(x), context.batch_size):
-                rows = target.select(slice(start, start + context.batch_size))
-                leaf = x[start : start + context.batch_size].detach().clone().requires_grad_(True)
-                with torch.enable_grad():
-                    probe.tensor = leaf.new_zeros(len(leaf), requires_grad=True)
-                    tokens = rows.tokens(leaf)
-                    z = rows.from_tokens(tokens)
-                    grads = torch.autograd.grad(z.sum(), [leaf, probe.tensor, tokens], allow_unused=True)
-                    probe.tensor = None
-                grad_x, grad_probe, grad_tokens = (
-                    torch.zeros_like(t) if g is None else g for g, t in zip(grads, (leaf, z, tokens))
-                )
-                z = z.detach()
-                # The SAE part is linear then ReLU, where gradient x input is LRP-0: the relevance z does
-                # not pass on to the tokens is what the encoder's own biases (b_e and the centering b_d)
-                # take.
-                into_tokens = (tokens.detach() * grad_tokens).flatten(1).sum(1)
-                pixel_maps.append((leaf.detach() * grad_x).sum(dim=1))
-                zs.append(z)
-                absorbed_sae.append(z - into_tokens.to(z))
-                absorbed.append(grad_probe.to(z) + absorbed_sae[-1])
-        pixels = torch.cat(pixel_maps)
-        z, absorbed_total = torch.cat(zs), torch.cat(absorbed)
-        error = z - pixels.flatten(1).sum(1).to(z) - absorbed_total
+
+            def probe_leaf(n_images: int) -> list[torch.Tensor]:
+                probe.tensor = x.new_zeros(n_images, requires_grad=True)
+                return [probe.tensor]
+
+            try:
+                gradients = input_gradients(target, x, context, batching=self.batching, extra_leaves=probe_leaf)
+            finally:
+                probe.tensor = None
+        z = gradients.z
+        pixels = (x.detach() * gradients.inputs).sum(dim=1)
+        # The SAE part is linear then ReLU, where gradient x input is LRP-0: the relevance z does not pass on
+        # to the tokens is what the encoder's own biases (b_e and the centering b_d) take.
+        absorbed_sae = z - (gradients.token * gradients.token_grad).sum(1)
+        absorbed = gradients.extras[0] + absorbed_sae
+        error = z - pixels.flatten(1).sum(1) - absorbed
         return Attribution(
             heatmap=pixels_to_patches(pixels, backbone.patch_size),
             pixels=pixels,
-            info={
-                "z": z,
-                "absorbed": absorbed_total,
-                "absorbed_sae": torch.cat(absorbed_sae),
-                "conservation_error": error,
-            },
+            info={"z": z, "absorbed": absorbed, "absorbed_sae": absorbed_sae, "conservation_error": error},
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(gamma={self.gamma})"
+        return f"{type(self).__name__}(gamma={self.gamma}, batching={self.batching!r})"
 
 
 class AttnLRP(_LayerwiseRelevance):
@@ -103,7 +94,8 @@ class AttnLRP(_LayerwiseRelevance):
     softmax by its gradient x input, ``Linear`` layers by LRP-0 (or LRP-gamma, ``gamma > 0``), and the
     SAE encoder (linear then ReLU) by LRP-0. The relevance of a pixel is input times the modified
     gradient, summed over channels and within each patch. One forward and one backward pass per chunk
-    of ``context.batch_size`` rows.
+    of ``context.batch_size`` rows; the latents of one image share one forward pass and a batched
+    backward pass (``batching``).
 
     The softmax's rule does not conserve relevance exactly; ``info["conservation_error"]`` reports by how
     much each row's heatmap and absorbed relevance miss ``z``.
@@ -113,6 +105,9 @@ class AttnLRP(_LayerwiseRelevance):
     gamma : float
         LRP-gamma for the ``Linear`` layers of the blocks (q, k, v and output projections, MLP); ``0``
         (the default) is LRP-0, larger values favour positive contributions and smooth the maps.
+    batching : {"auto", "rows", "shared", "jacobian"}
+        How rows that explain several latents of one image share work (see
+        :func:`cafe_core.gradients.input_gradients`); every choice gives the same maps.
 
     References
     ----------
@@ -135,6 +130,8 @@ class CPLRP(_LayerwiseRelevance):
     gamma : float
         LRP-gamma for the ``Linear`` layers of the blocks; ``0`` (the default) is LRP-0. Conservation holds
         for any ``gamma``.
+    batching : {"auto", "rows", "shared", "jacobian"}
+        As for :class:`AttnLRP`.
 
     References
     ----------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cafe_core.batching import Batching
+
 __all__ = ["AttnLRPParams", "CPLRPParams"]
 
 
@@ -14,11 +16,15 @@ class AttnLRPParams(BaseModel):
     ----------
     gamma : float
         LRP-gamma for the ``Linear`` layers of the blocks (``>= 0``); ``0`` is LRP-0.
+    batching : {"auto", "rows", "shared", "jacobian"}
+        How the latents of one image share work (the maps are the same); ``"auto"`` picks by the
+        measured crossover.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     gamma: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="LRP-gamma of the Linear layers")
+    batching: Batching = Field(default="auto", description="how the latents of one image share work")
 
 
 class CPLRPParams(BaseModel):
@@ -28,8 +34,12 @@ class CPLRPParams(BaseModel):
     ----------
     gamma : float
         LRP-gamma for the ``Linear`` layers of the blocks (``>= 0``); ``0`` is LRP-0.
+    batching : {"auto", "rows", "shared", "jacobian"}
+        How the latents of one image share work (the maps are the same); ``"auto"`` picks by the
+        measured crossover.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     gamma: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="LRP-gamma of the Linear layers")
+    batching: Batching = Field(default="auto", description="how the latents of one image share work")

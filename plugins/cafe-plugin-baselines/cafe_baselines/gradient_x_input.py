@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from cafe_core.batching import BATCHING
+from cafe_core.gradients import input_gradients
 from cafe_core.patches import pixels_to_patches
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
 
@@ -20,19 +22,26 @@ class GradientXInput:
     ----------
     absolute : bool
         Take ``|x * dz/dx|`` element-wise before summing, so that opposite-signed pixels do not cancel.
+    batching : {"auto", "rows", "shared", "jacobian"}
+        How rows that explain several latents of one image share work (see
+        :func:`cafe_core.gradients.input_gradients`); every choice gives the same maps.
 
     Notes
     -----
-    Each chunk of ``context.batch_size`` rows takes one backward pass of ``z.sum()`` with respect to a
-    fresh leaf copy of the input only (rows are independent, so the sum separates them). No gradient is
-    accumulated on model parameters and no hook is installed.
+    Rows of distinct images take one forward and backward pass per chunk of ``context.batch_size`` rows;
+    the latents of one image share one forward pass and a batched backward pass. The gradient is taken
+    with respect to a fresh leaf copy of the input only: no gradient reaches the model's parameters and no
+    hook is installed.
     """
 
     needs_grad = True
     conserves_relevance = False
 
-    def __init__(self, absolute: bool = False) -> None:
+    def __init__(self, absolute: bool = False, batching: str = "auto") -> None:
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         self.absolute = bool(absolute)
+        self.batching = batching
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Gradient x input maps of the rows of ``x [B, 3, H, W]``.
@@ -52,20 +61,11 @@ class GradientXInput:
             ``heatmap [B, gh, gw]``, the pixel map ``pixels [B, H, W]`` (summed over channels) and the
             latent values ``info["z"]``.
         """
-        patch_size = target.backbone.patch_size
-        pixel_maps, zs = [], []
-        for chunk in context.chunks(len(x)):
-            rows = target.select(chunk)
-            leaf = x[chunk].detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                z = rows(leaf)
-                (grad,) = torch.autograd.grad(z.sum(), leaf)
-            contribution = leaf.detach() * grad
-            if self.absolute:
-                contribution = contribution.abs()
-            pixel_maps.append(contribution.sum(dim=1))
-            zs.append(z.detach())
-        pixels = torch.cat(pixel_maps)
+        gradients = input_gradients(target, x, context, batching=self.batching)
+        contribution = x.detach() * gradients.inputs
+        if self.absolute:
+            contribution = contribution.abs()
+        pixels = contribution.sum(dim=1)
         return Attribution(
-            heatmap=pixels_to_patches(pixels, patch_size), pixels=pixels, info={"z": torch.cat(zs)}
+            heatmap=pixels_to_patches(pixels, target.backbone.patch_size), pixels=pixels, info={"z": gradients.z}
         )

@@ -1,0 +1,13 @@
+"""The names of the ways gradient attributors batch many latents of one image (light: no torch import).
+
+See :func:`cafe_core.gradients.input_gradients` for what each one does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = ["BATCHING", "Batching"]
+
+Batching = Literal["auto", "rows", "shared", "jacobian"]
+BATCHING: tuple[str, ...] = get_args(Batching)
