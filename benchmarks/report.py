@@ -3,8 +3,8 @@
 Usage: python benchmarks/report.py benchmarks/latest.json
 
 Times are medians per item (heatmap, curve or target: the ``per`` of each benchmark). Within each group the
-ratio column divides by the group's reference (gradient_x_input, the batched or cafe way), measured in the
-same run.
+ratio column divides by the group's reference (gradient_x_input, the looped or shared mode, the cafe way,
+the hand loop, the deepest layer), measured in the same run.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import sys
 
-REFERENCES = ("method=gradient_x_input", "mode=batched", "way=cafe_insertion", "way=hand_loop", "layer=11")
+REFERENCES = (
+    "method=gradient_x_input", "mode=looped", "mode=shared", "way=cafe_insertion", "way=hand_loop", "layer=11"
+)
 
 
 def label(extra: dict) -> str:
-    keys = ("method", "mode", "way", "steps", "layer")
+    keys = ("method", "mode", "way", "steps", "layer", "k")
     return ", ".join(f"{k}={extra[k]}" for k in keys if k in extra)
 
 

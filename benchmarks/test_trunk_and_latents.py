@@ -23,6 +23,7 @@ def test_gradient_x_input_by_layer(benchmark, host, setups, layer):
 
 
 def _latents_of_one_image(setup, k):
+    """The image's ``k`` latents with the highest maximum over patch tokens, each at its top token."""
     x = setup.images[:1]
     with torch.no_grad():
         codes = setup.sae.encode(setup.backbone.forward_to(x, setup.layer))[0, len(setup.backbone.prefix_tokens) :]
@@ -32,16 +33,41 @@ def _latents_of_one_image(setup, k):
     return TargetFunction(setup.backbone, setup.sae, setup.layer, latents, positions), x.expand(k, -1, -1, -1)
 
 
-@pytest.mark.parametrize("mode", ["batched", "looped"])
+@pytest.mark.parametrize("mode", ["looped", "rows", "shared"])
+@pytest.mark.parametrize("method", ["gradient_x_input", "attnlrp"])
 @pytest.mark.parametrize("model", ["toy", "vit_small"])
-def test_32_latents_of_one_image(benchmark, host, setups, model, mode):
-    """K = 32 latents of one image: one call over 32 rows against 32 calls of one row."""
+def test_32_latents_of_one_image(benchmark, host, setups, model, method, mode):
+    """K = 32 latents of one image: 32 calls of one row, or one call over 32 rows batched two ways."""
     target, x = _latents_of_one_image(setups[model], 32)
-    attributor = host.registry("attributor").get("gradient_x_input").build({})
     ctx = context(32)
-    benchmark.group = f"32 latents of one image: {model} gradient_x_input"
+    benchmark.group = f"32 latents of one image: {model} {method}"
     benchmark.extra_info.update(model=model, mode=mode, items=32, per="heatmap")
-    if mode == "batched":
-        benchmark(attributor.attribute, target, x, ctx)
-    else:
+    if mode == "looped":
+        attributor = host.registry("attributor").get(method).build({})
         benchmark(lambda: [attributor.attribute(target.select([i]), x[i : i + 1], ctx) for i in range(32)])
+    else:
+        attributor = host.registry("attributor").get(method).build({"batching": mode})
+        benchmark(attributor.attribute, target, x, ctx)
+
+
+@pytest.fixture(scope="module")
+def dense_token(host, setups):
+    """The toy model's class token under a random 2,048-latent SAE: about 1,000 latents active at once."""
+    setup = setups["toy"]
+    sae = host.registry("sae").get("random").build({"d_in": 128, "d_sae": 2048, "layer": 3, "seed": 0})
+    x = setup.images[:1]
+    with torch.no_grad():
+        codes = sae.encode(setup.backbone.forward_to(x, 3))[0, 0]
+    return setup.backbone, sae, x, torch.argsort(codes, descending=True)
+
+
+@pytest.mark.parametrize("mode", ["shared", "jacobian"])
+@pytest.mark.parametrize("k", [32, 64, 128, 256, 512])
+def test_jacobian_crossover(benchmark, host, dense_token, k, mode):
+    """K latents at one token of width D = 128: K vector-Jacobian products against D and a matrix product."""
+    backbone, sae, x, ranked = dense_token
+    target = TargetFunction(backbone, sae, 3, ranked[:k], [0] * k)
+    attributor = host.registry("attributor").get("gradient_x_input").build({"batching": mode})
+    benchmark.group = f"K latents at one token (D = 128), toy gradient_x_input: K = {k:03d}"
+    benchmark.extra_info.update(mode=mode, k=k, items=k, per="heatmap")
+    benchmark(attributor.attribute, target, x.expand(k, -1, -1, -1), context(32))

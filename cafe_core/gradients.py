@@ -37,6 +37,8 @@ __all__ = ["BATCHING", "JACOBIAN_FROM", "RowGradients", "frozen", "identical_row
 # crossover measured by the benchmarks (benchmarks/README.md).
 JACOBIAN_FROM = 1.0
 
+_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
 # Extra leaves a caller wants gradients of: called with the number of images of a forward pass, before it.
 ExtraLeaves = Callable[[int], Sequence[torch.Tensor]]
 
@@ -84,12 +86,14 @@ def identical_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``[B]`` the group of each row: ``x[i]`` equals ``x[first[group[i]]]`` element for element.
     """
     flat = x.detach().reshape(len(x), -1)
-    # A random projection finds candidate duplicates in one pass; candidates are then compared exactly.
-    weights = torch.rand(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    fingerprint = (flat.to(torch.float64) @ weights.to(flat.device)).tolist()
+    # A random projection of the raw bits finds candidate duplicates in one pass (integer sums wrap around
+    # exactly, so a row's fingerprint does not depend on where it sits); candidates are compared exactly.
+    bits = flat.contiguous().view(_SAME_SIZE_INTEGER[flat.element_size()]).to(torch.int64)
+    weights = torch.randint(-(2**62), 2**62, (flat.shape[1],), generator=torch.Generator().manual_seed(0))
+    fingerprint = (bits * weights.to(flat.device)).sum(1).tolist()
     first: list[int] = []
     group: list[int] = []
-    seen: dict[float, list[int]] = {}
+    seen: dict[int, list[int]] = {}
     for i, key in enumerate(fingerprint):
         for g in seen.get(key, []):
             if torch.equal(flat[i], flat[first[g]]):
