@@ -62,10 +62,10 @@ def _check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
 
 
 def _metric_rows(
-    store_key: list[tuple], attributor: str, label: str, result: MetricResult
+    store_keys: list[tuple], attributors: list[str], label: str, result: MetricResult
 ) -> list[tuple]:
     rows = []
-    for i, key in enumerate(store_key):
+    for i, (key, attributor) in enumerate(zip(store_keys, attributors)):
         info = {name: float(values[i]) for name, values in result.info.items()}
         rows.append(
             (
@@ -104,8 +104,7 @@ class _UnitWorker:
                 ]
             )
             explained = [s for s in selected if s.status == "explained"]
-            for label, attributor in plan.attributors.items():
-                self._explain(sae, x, image_ids, explained, label, attributor)
+            self._explain(sae, x, image_ids, explained)
         self.store.write_batch(unit=unit.key)
 
     def _select(self, sae: Any, x: torch.Tensor, image_ids: list[str]) -> list[SelectedTarget]:
@@ -136,55 +135,81 @@ class _UnitWorker:
         )
 
     def _explain(
-        self, sae: Any, x: torch.Tensor, image_ids: list[str], explained: Sequence[SelectedTarget], label: str,
-        attributor: Any,
+        self, sae: Any, x: torch.Tensor, image_ids: list[str], explained: Sequence[SelectedTarget]
     ) -> None:
-        metrics = self.plan.metrics
+        """Heatmaps and scores still missing for these targets, ``batch_size`` targets at a time."""
         todo = []
         for s in explained:
             key = (image_ids[s.image_row], s.target.layer, s.target.latent, s.target.position)
-            missing = set(metrics) - self.store.scored_metrics(key, label)
-            if missing or not self.store.has_heatmap(key, label):
-                todo.append((s, key, missing))
+            needs = {}  # attributor -> metrics still to score (a heatmap is computed unless stored)
+            for label in self.plan.attributors:
+                missing = set(self.plan.metrics) - self.store.scored_metrics(key, label)
+                if missing or not self.store.has_heatmap(key, label):
+                    needs[label] = missing
+            if needs:
+                todo.append((s, key, needs))
         batch = self.plan.context.batch_size
         for start in range(0, len(todo), batch):
-            self._explain_chunk(sae, x, todo[start : start + batch], label, attributor)
+            self._explain_chunk(sae, x, todo[start : start + batch])
 
-    def _explain_chunk(self, sae: Any, x: torch.Tensor, chunk: list, label: str, attributor: Any) -> None:
-        plan, context = self.plan, self.plan.context
+    def _heatmaps(self, label: str, attributor: Any, target: TargetFunction, xs: torch.Tensor, keys: list[tuple]):
+        """``(heatmap [N, gh, gw], rows to store)``: computed unless every one is stored already."""
+        stored = [self.store.heatmap(key, label) for key in keys]
+        if all(h is not None for h in stored):
+            return torch.as_tensor(np.stack(stored), device=xs.device, dtype=xs.dtype), []
+        attribution = attributor.attribute(target, xs, self.plan.context)
+        if not isinstance(attribution, Attribution):
+            raise CafeError(f"attributor {label!r} returned {type(attribution).__name__}, not an Attribution")
+        heatmap = attribution.heatmap.detach()
+        expected = (len(keys), *self.plan.backbone.grid_size)
+        if tuple(heatmap.shape) != expected:
+            raise CafeError(
+                f"attributor {label!r} returned a heatmap of shape {tuple(heatmap.shape)}, expected {expected}"
+            )
+        _check_finite(heatmap, f"the heatmap of attributor {label!r} for {keys[0]}...",
+                      "try run.dtype = \"float64\", or report it to the plugin's authors")
+        rows = [
+            (*key, label, heatmap[i], {k: float(v[i]) for k, v in attribution.info.items()})
+            for i, key in enumerate(keys)
+        ]
+        return heatmap, rows
+
+    def _explain_chunk(self, sae: Any, x: torch.Tensor, chunk: list) -> None:
+        """Every attributor's heatmaps of a chunk of targets, then each metric once over all of them.
+
+        Scoring the heatmaps of all attributors in one call lets a metric batch their curves' forward passes
+        together (an insertion curve of every attributor for the same target in the same batches).
+        """
+        plan = self.plan
         rows = torch.as_tensor([s.image_row for s, _, _ in chunk], device=x.device)
         keys = [key for _, key, _ in chunk]
         xs = x[rows]
         target = TargetFunction.for_targets(plan.backbone, sae, [s.target for s, _, _ in chunk])
-        stored = [self.store.heatmap(key, label) for key in keys]
-        heatmap_rows = []
-        if any(h is None for h in stored):
-            attribution = attributor.attribute(target, xs, context)
-            if not isinstance(attribution, Attribution):
-                raise CafeError(f"attributor {label!r} returned {type(attribution).__name__}, not an Attribution")
-            heatmap = attribution.heatmap.detach()
-            expected = (len(chunk), *plan.backbone.grid_size)
-            if tuple(heatmap.shape) != expected:
-                raise CafeError(f"attributor {label!r} returned a heatmap of shape {tuple(heatmap.shape)}, expected {expected}")
-            _check_finite(heatmap, f"the heatmap of attributor {label!r} for {keys[0]}...",
-                          "try run.dtype = \"float64\", or report it to the plugin's authors")
-            heatmap_rows = [
-                (*key, label, heatmap[i], {k: float(v[i]) for k, v in attribution.info.items()})
-                for i, key in enumerate(keys)
-            ]
-        else:
-            heatmap = torch.as_tensor(np.stack(stored), device=x.device, dtype=x.dtype)
+        heatmaps, heatmap_rows = {}, []
+        for label, attributor in plan.attributors.items():
+            index = [i for i, (_, _, needs) in enumerate(chunk) if label in needs]
+            if index:
+                selected = torch.as_tensor(index, device=x.device)
+                heatmap, stored = self._heatmaps(
+                    label, attributor, target.select(selected), xs[selected], [keys[i] for i in index]
+                )
+                heatmaps[label] = dict(zip(index, heatmap))
+                heatmap_rows += stored
         score_rows = []
         for metric_label, metric in plan.metrics.items():
-            needed = [i for i, (_, _, missing) in enumerate(chunk) if metric_label in missing]
-            if not needed:
+            pairs = [
+                (label, i) for label in heatmaps for i in heatmaps[label] if metric_label in chunk[i][2][label]
+            ]
+            if not pairs:
                 continue
-            index = torch.as_tensor(needed, device=x.device)
+            index = torch.as_tensor([i for _, i in pairs], device=x.device)
             extra = {}
             if getattr(metric, "uses_annotations", False):
-                extra["annotations"] = [self.annotations[chunk[i][0].image_row] for i in needed]
-            result = metric.evaluate(target.select(index), xs[index], heatmap[index], context, **extra)
-            score_rows += _metric_rows([keys[i] for i in needed], label, metric_label, result)
+                extra["annotations"] = [self.annotations[chunk[i][0].image_row] for _, i in pairs]
+            heatmap = torch.stack([heatmaps[label][i] for label, i in pairs])
+            result = metric.evaluate(target.select(index), xs[index], heatmap, plan.context, **extra)
+            labels = [label for label, _ in pairs]
+            score_rows += _metric_rows([keys[i] for _, i in pairs], labels, metric_label, result)
         self.store.write_batch(heatmaps=heatmap_rows, scores=score_rows)
 
 

@@ -133,6 +133,49 @@ def test_an_interrupted_run_resumes_computing_only_what_is_missing(spec_dict, tm
         assert a["score"] == pytest.approx(b["score"], rel=1e-6)
 
 
+def test_each_metric_scores_the_heatmaps_of_every_attributor_in_one_call_per_chunk(spec_dict, tmp_path):
+    from types import SimpleNamespace
+
+    from cafe_core import hookimpl
+    from cafe_core.protocols import RunContext, TargetFunction
+    from cafe_faithfulness.curves import Insertion
+
+    calls = []
+
+    class CountingInsertion(Insertion):
+        def __init__(self):
+            super().__init__(steps=2)
+
+        def evaluate(self, target, x, heatmap, context):
+            calls.append(len(x))
+            return super().evaluate(target, x, heatmap, context)
+
+    @hookimpl
+    def cafe_register_metrics(register):
+        register("counting_insertion", CountingInsertion)
+
+    host = PluginHost()
+    host.add(SimpleNamespace(cafe_register_metrics=cafe_register_metrics), "counting")
+    spec_dict["metrics"] = [{"name": "counting_insertion"}]
+    results = cafe_core.run(spec_dict, tmp_path / "run", host=host)
+    # 5 images x 2 latents in chunks of batch_size = 2 targets, each scored for both attributors at once.
+    assert calls == [2 * 2] * 5
+
+    backbone_params = {k: v for k, v in spec_dict["backbone"].items() if k != "name"}
+    backbone = host.registry("backbone").get("timm").build(backbone_params)
+    sae = host.registry("sae").get("relu").build({"path": spec_dict["sae"]["path"]})
+    folder = host.registry("dataset").get("folder").build({"path": spec_dict["data"]["path"]})
+    dataset = {item.image_id: item.image for item in folder}
+
+    for row in results.rows:  # each score equals the metric on that heatmap alone
+        x = backbone.preprocess([dataset[row["image_id"]]])
+        target = TargetFunction(backbone, sae, 1, [row["latent"]], [row["position"]])
+        stored = results.heatmap(row["image_id"], row["layer"], row["latent"], row["position"], row["attributor"])
+        heatmap = torch.as_tensor(stored)[None]
+        alone = Insertion(steps=2).evaluate(target, x, heatmap.to(x), RunContext())
+        assert row["score"] == pytest.approx(float(alone.score[0]), rel=1e-5, abs=1e-6)
+
+
 def test_rerunning_a_finished_run_computes_nothing(spec_dict, tmp_path):
     spec_dict["attributors"] = [{"name": "counting"}]
     calls = []

@@ -16,7 +16,8 @@ WIDTH = 32  # TinyTimmViT's token width
 
 def _sae(d_sae: int = 96, seed: int = 0) -> LinearReluSAE:
     g = torch.Generator().manual_seed(seed)
-    return LinearReluSAE(torch.randn(d_sae, WIDTH, generator=g) / WIDTH**0.5, torch.randn(d_sae, generator=g) * 0.1, layer=1)
+    weights = torch.randn(d_sae, WIDTH, generator=g) / WIDTH**0.5
+    return LinearReluSAE(weights, torch.randn(d_sae, generator=g) * 0.1, layer=1)
 
 
 def _reference(backbone, sae, layer, x, latents, positions):
