@@ -30,42 +30,52 @@ def test_curve(benchmark, host, setups, model, metric, steps):
 
 
 def _per_step_full_model(setup, target, x, heatmap):
-    """How metric libraries compute an insertion curve: one full-model forward per step, one image at a time."""
+    """How metric libraries compute insertion: per step, one full-model forward of one image, the layer hooked."""
     model, (ph, pw) = setup.backbone.model, setup.backbone.patch_size
     blank = make_blank(x, "zeros")
     order = rank_patches(heatmap)
+    captured = {}
+    hook = model.blocks[setup.layer].register_forward_hook(lambda module, args, out: captured.update(h=out))
     values = []
-    with torch.no_grad():
-        for i in range(len(x)):
-            mask = torch.zeros(heatmap[i].numel())
-            for k in range(order.shape[1] + 1):
-                if k:
-                    mask[order[i, k - 1]] = 1
-                m = patches_to_pixels(mask.reshape(heatmap[i].shape), (ph, pw))
-                composite = blank[i] * (1 - m) + x[i] * m
-                features = model.forward_features(composite[None])  # the whole model runs
-                values.append(features[0, int(target.positions[i])].sum())
+    try:
+        with torch.no_grad():
+            for i in range(len(x)):
+                mask = torch.zeros(heatmap[i].numel())
+                for k in range(order.shape[1] + 1):
+                    if k:
+                        mask[order[i, k - 1]] = 1
+                    m = patches_to_pixels(mask.reshape(heatmap[i].shape), (ph, pw))
+                    model(blank[i : i + 1] * (1 - m) + x[i : i + 1] * m)  # the whole model runs
+                    token = captured["h"][:, int(target.positions[i])]
+                    values.append(setup.sae.encode_latents(token, target.latents[i : i + 1]))
+    finally:
+        hook.remove()
     return values
 
 
-def _bare_trunk_forwards(setup, target, x, heatmap):
-    """The same number of trunk forwards as a full-resolution curve, batched, with no masking work."""
+def _bare_trunk_forwards(target, x, heatmap):
+    """The same number of trunk forwards as the curves at full resolution, batched, with no masking work."""
     n_points = heatmap[0].numel() + 1
-    repeated = x.repeat_interleave(n_points, 0)
-    rows = target.repeat_interleave(n_points)
-    return rows.batched(repeated, 64)
+    return target.repeat_interleave(n_points).batched(x.repeat_interleave(n_points, 0), 64)
 
 
 @pytest.mark.parametrize("way", ["cafe_insertion", "per_step_full_model", "bare_trunk_forwards"])
-def test_insertion_against_the_usual_way(benchmark, host, setups, way):
-    setup = setups["toy"]
-    target, x, heatmap = _heatmap(setup, 4)
-    benchmark.group = "insertion, toy, 4 curves at full resolution: cafe vs per-step loop vs bare forwards"
-    benchmark.extra_info.update(way=way, items=4, per="curve")
+@pytest.mark.parametrize("model", ["toy", "vit_small"])
+def test_insertion_against_the_usual_way(benchmark, setups, host, model, way):
+    """The insertion curves of several attributors' heatmaps of one target, at full resolution."""
+    setup = setups[model]
+    curves = 4 if model == "toy" else 2
+    one_target, one_image = setup.target(1)
+    target, x = one_target.select([0] * curves), one_image.expand(curves, -1, -1, -1)
+    heatmap = torch.rand(curves, *setup.backbone.grid_size, generator=torch.Generator().manual_seed(0))
+    layer = f"block {setup.layer} of {setup.backbone.depth}"
+    benchmark.group = f"insertion, {model} ({layer}), {curves} curves of one target: cafe vs per-step loop vs bare"
+    benchmark.extra_info.update(model=model, way=way, items=curves, per="curve")
+    rounds = {"rounds": 1, "iterations": 1} if model == "vit_small" else {"rounds": 3, "iterations": 1}
     if way == "cafe_insertion":
         metric = host.registry("metric").get("insertion").build({"steps": 1})
-        benchmark(metric.evaluate, target, x, heatmap, context(64))
+        benchmark.pedantic(metric.evaluate, args=(target, x, heatmap, context(64)), **rounds)
     elif way == "per_step_full_model":
-        benchmark.pedantic(_per_step_full_model, args=(setup, target, x, heatmap), rounds=3, iterations=1)
+        benchmark.pedantic(_per_step_full_model, args=(setup, target, x, heatmap), **rounds)
     else:
-        benchmark(_bare_trunk_forwards, setup, target, x, heatmap)
+        benchmark.pedantic(_bare_trunk_forwards, args=(target, x, heatmap), **rounds)

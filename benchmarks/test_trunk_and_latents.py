@@ -50,6 +50,26 @@ def test_32_latents_of_one_image(benchmark, host, setups, model, method, mode):
         benchmark(attributor.attribute, target, x, ctx)
 
 
+@pytest.mark.parametrize("mode", ["rows", "shared"])
+@pytest.mark.parametrize("per_image", [2, 8, 16])
+@pytest.mark.parametrize("model", ["toy", "vit_small"])
+def test_latents_per_image(benchmark, host, setups, model, per_image, mode):
+    """16 rows made of 16 / per_image images, each explained at its per_image most active latents."""
+    setup = setups[model]
+    n_images = 16 // per_image
+    x = setup.images[:n_images]
+    n_prefix = len(setup.backbone.prefix_tokens)
+    with torch.no_grad():
+        best, position = setup.sae.encode(setup.backbone.forward_to(x, setup.layer))[:, n_prefix:].max(1)
+    latents = torch.topk(best, per_image, dim=1).indices
+    positions = torch.gather(position, 1, latents) + n_prefix
+    target = TargetFunction(setup.backbone, setup.sae, setup.layer, latents.flatten(), positions.flatten())
+    attributor = host.registry("attributor").get("gradient_x_input").build({"batching": mode})
+    benchmark.group = f"latents per image: {model} gradient_x_input, 16 rows, {per_image:02d} per image"
+    benchmark.extra_info.update(model=model, mode=mode, items=16, per="heatmap")
+    benchmark(attributor.attribute, target, x.repeat_interleave(per_image, 0), context(16))
+
+
 @pytest.fixture(scope="module")
 def dense_token(host, setups):
     """The toy model's class token under a random 2,048-latent SAE: about 1,000 latents active at once."""

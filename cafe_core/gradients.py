@@ -12,8 +12,9 @@ uses both facts:
   the unit cotangents (the token's Jacobian, ``D`` its width) are computed once, and each latent's gradient
   is its cotangent times that Jacobian. This beats ``"shared"`` when more than about ``D`` latents of one
   image are read at the same token.
-* ``"auto"``: ``"rows"`` for images that appear once in the batch, ``"shared"`` for the others, and the
-  Jacobian for a token that more than :data:`JACOBIAN_FROM` times ``D`` of an image's rows read.
+* ``"auto"``: ``"rows"`` for images with fewer than :data:`SHARED_FROM` rows in the batch, ``"shared"`` for
+  the others, and the Jacobian for a token that more than :data:`JACOBIAN_FROM` times ``D`` of an image's
+  rows read.
 
 All strategies return the same numbers up to floating-point rounding. Rows whose cotangent is zero (an
 inactive ReLU latent) need no backward pass and get a zero gradient.
@@ -31,7 +32,11 @@ from .batching import BATCHING
 from .context import RunContext
 from .target import TargetFunction
 
-__all__ = ["BATCHING", "JACOBIAN_FROM", "RowGradients", "frozen", "identical_rows", "input_gradients"]
+__all__ = ["BATCHING", "JACOBIAN_FROM", "SHARED_FROM", "RowGradients", "frozen", "identical_rows", "input_gradients"]
+
+# "auto" shares an image's forward once it has SHARED_FROM rows: below that, the batched backward's fixed
+# cost per op outweighs the forwards saved on a small model (the "latents per image" benchmarks).
+SHARED_FROM = 8
 
 # "auto" switches a token to its Jacobian when more than JACOBIAN_FROM * D rows of one image read it: the
 # crossover measured by the benchmarks (benchmarks/README.md).
@@ -291,9 +296,8 @@ def input_gradients(
         alone = torch.ones(len(x), dtype=torch.bool)
     else:
         first, group = identical_rows(x)
-        alone = torch.bincount(group, minlength=len(first))[group] == 1
-        if batching != "auto":
-            alone[:] = False
+        shared_from = SHARED_FROM if batching == "auto" else 1
+        alone = torch.bincount(group, minlength=len(first))[group] < shared_from
     if batching == "auto":
         jacobian_from: float | None = JACOBIAN_FROM
     else:

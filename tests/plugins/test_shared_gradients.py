@@ -97,7 +97,7 @@ def test_rows_of_one_image_share_one_forward_and_batches_stay_bounded(setting):
     backbone, sae, x, latents, positions = setting
     counting = CountingBackbone(backbone)
     input_gradients(TargetFunction(counting, sae, 1, latents, positions), x, RunContext(batch_size=8), batching="auto")
-    assert sorted(counting.calls) == [1, 1, 1]  # images 0 and 1 are shared; image 2 alone
+    assert sorted(counting.calls) == [1, 4]  # image 0 (51 rows) is shared; images 1 and 2, too few rows, are not
     counting.calls.clear()
     input_gradients(TargetFunction(counting, sae, 1, latents, positions), x, RunContext(batch_size=8), batching="rows")
     assert counting.calls == [8] * 6 + [7]
