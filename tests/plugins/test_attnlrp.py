@@ -9,6 +9,7 @@ import textwrap
 import pydantic
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cafe_attnlrp.attributor import AttnLRP, CPLRP
 from cafe_attnlrp.patching import UnsupportedModelError, lrp_rules
@@ -156,8 +157,11 @@ def _explicit_attention(backbone: TimmViT) -> TimmViT:
     return backbone
 
 
-def test_attnlrp_misses_conservation_by_exactly_the_softmax_term():
-    backbone = _explicit_attention(_vit(seed=6).to(dtype=torch.float64))
+@pytest.mark.parametrize("variant", ["class token", "qk-norm and layer scale"], ids=str)
+def test_attnlrp_misses_conservation_by_exactly_the_softmax_term(variant):
+    # With qk-norm the factors of q and k stay after the norms, whose biases' relevance is then measured
+    # with the scaled gradient: another scaling would show up here as a different error.
+    backbone = _explicit_attention(_vit(seed=6, **VARIANTS[variant]).to(dtype=torch.float64))
     sae, x = _sae(seed=6, dtype=torch.float64), _images(6, seed=7, dtype=torch.float64)
     target = _active_target(backbone, sae, x, [0, 3, 0, 9, 0, 16])
     error = AttnLRP().attribute(target, x, RunContext(batch_size=6)).info["conservation_error"]
@@ -598,3 +602,113 @@ def test_gelu_identity_rule_uses_the_normal_cdf_and_matches_the_general_ratio():
     nonzero = x.detach() != 0
     torch.testing.assert_close(fast[nonzero], general[nonzero], rtol=1e-12, atol=1e-12)
     assert fast[2].item() == 0.5  # the normal CDF at 0; relevance x * grad there is 0 either way
+
+
+# -- the fused forms of the rules and the plan cache ----------------------------------------------------------
+
+
+def _double(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "float", "causal"])
+def test_value_attention_holds_the_weights_constant(mask):
+    from cafe_attnlrp.rules import add_mask, value_attention
+
+    q, k, v, cotangent = (_double(2, 3, 5, 4, seed=i) for i in range(4))
+    attn_mask = {"none": None, "bool": _double(5, 5, seed=5) > -0.5, "float": _double(5, 5, seed=6)}.get(mask)
+    attn_mask = None if attn_mask is None else attn_mask.fill_diagonal_(True if mask == "bool" else 0.0)
+    causal = mask == "causal"
+    v = v.requires_grad_(True)
+    out = value_attention(q, k, v, attn_mask, causal)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+    assert torch.equal(out, reference)
+    (grad,) = torch.autograd.grad(out, v, cotangent)
+    weights = add_mask(q @ k.transpose(-2, -1) / 2.0, attn_mask, causal).softmax(-1)
+    (expected,) = torch.autograd.grad(weights.detach() @ v, v, cotangent)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5], ids=lambda g: f"gamma={g}")
+def test_a_channel_factor_of_the_linear_rule_scales_its_incoming_gradient(gamma):
+    weight, bias, factor = _double(5, 7, seed=0), _double(5, seed=1), _double(5, seed=2).abs()
+    x, upstream = _double(3, 4, 7, seed=3).requires_grad_(True), _double(3, 4, 5, seed=4)
+    probe = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    grads = torch.autograd.grad(gamma_linear(x, weight, bias, gamma, probe, factor), [x, probe], upstream)
+    expected = torch.autograd.grad(gamma_linear(x, weight, bias, gamma, probe), [x, probe], upstream * factor)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if gamma == 0:
+        torch.testing.assert_close(grads[1], ((upstream * factor) * bias).sum((1, 2)), rtol=1e-12, atol=1e-12)
+
+
+def test_the_linear_rule_gives_parameters_that_require_grad_their_plain_gradient():
+    linear = torch.nn.Linear(7, 5).double()
+    x, upstream = _double(3, 4, 7, seed=0), _double(3, 4, 5, seed=1)
+    probe = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    out = gamma_linear(x, linear.weight, linear.bias, 0.0, probe)
+    got = torch.autograd.grad(out, [linear.weight, linear.bias], upstream)
+    expected = torch.autograd.grad(linear(x), [linear.weight, linear.bias], upstream)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_rules_record_the_relevance_of_the_constant_they_are_given():
+    from cafe_attnlrp.rules import identity_rule, layer_norm_rule
+
+    norm = torch.nn.LayerNorm(8).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x, upstream = _double(3, 5, 8, seed=0).requires_grad_(True), _double(3, 5, 8, seed=1)
+    probe = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    # The plain LayerNorm op run by the rule itself (fn=None) gives the module's value and the same gradient.
+    out = layer_norm_rule(None, x, (-1,), norm.weight, norm.eps, norm.bias, probe)
+    assert torch.equal(out, norm(x))
+    grad_x, grad_probe = torch.autograd.grad(out, [x, probe], upstream)
+    (reference,) = torch.autograd.grad(layer_norm_rule(norm, x, (-1,), norm.weight, norm.eps), x, upstream)
+    torch.testing.assert_close(grad_x, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_probe, (upstream * norm.bias).sum((1, 2)), rtol=1e-12, atol=1e-12)
+
+    constant = _double(8, seed=2)
+    out = identity_rule(torch.nn.GELU().forward, x, constant, probe)
+    grad_x, grad_probe = torch.autograd.grad(out, [x, probe], upstream)
+    torch.testing.assert_close(grad_probe, (grad_x * constant).sum((1, 2)), rtol=1e-12, atol=1e-12)
+
+
+def test_a_changed_model_is_planned_again(vit):
+    backbone, sae, x, target = vit
+    block = backbone.model.blocks[0]
+    with lrp_rules(backbone.model, LAYER, "cp_lrp"):
+        pass
+    proj, act = block.attn.proj, block.mlp.act
+    try:
+        block.attn.proj = torch.nn.Linear(WIDTH, WIDTH)
+        with lrp_rules(backbone.model, LAYER, "cp_lrp"):
+            assert "forward" in vars(block.attn.proj)
+        block.mlp.act = torch.nn.ReLU(inplace=True)
+        with pytest.raises(UnsupportedModelError, match="in-place ReLU"):
+            with lrp_rules(backbone.model, LAYER, "cp_lrp"):
+                pass
+    finally:
+        block.attn.proj, block.mlp.act = proj, act
+    assert not any("forward" in vars(m) for m in backbone.model.modules())
+
+
+@pytest.mark.parametrize(
+    "method, variant",
+    [(CPLRP(gamma=0.5), "class token"), (AttnLRP(gamma=0.5), "class token"), (AttnLRP(), "qk-norm and layer scale")],
+    ids=str,
+)
+def test_batched_backward_passes_give_the_same_maps(method, variant):
+    backbone, sae = _vit(seed=5, **VARIANTS[variant]), _sae(seed=5)
+    image = _images(1, seed=6)
+    prefix = len(backbone.prefix_tokens)
+    target = _active_target(backbone, sae, image.expand(3, -1, -1, -1), [0, prefix + 2, prefix + 9])
+    x = image.expand(3, -1, -1, -1).contiguous()
+    maps = {}
+    for batching in ("rows", "shared"):
+        attributor = type(method)(gamma=method.gamma, batching=batching)
+        maps[batching] = attributor.attribute(target, x, RunContext(batch_size=3))
+    torch.testing.assert_close(maps["shared"].pixels, maps["rows"].pixels, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(maps["shared"].info["absorbed"], maps["rows"].info["absorbed"], rtol=1e-4, atol=1e-6)

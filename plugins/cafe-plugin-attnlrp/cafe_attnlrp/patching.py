@@ -10,17 +10,21 @@ What is patched, for the patch embedding, ``norm_pre`` and blocks ``0..layer``:
 * ``LayerNorm``: the standard deviation is treated as a constant, the mean subtraction is not (the identity
   rule of normalisation); ``RmsNorm`` likewise with its root mean square;
 * the activation of each ``Mlp`` (GELU): the identity rule;
-* ``Attention``: re-implemented with the rule applied to the queries, keys and values right before the
-  attention product (AttnLRP: gradients of q and k divided by 4 and of v by 2, the softmax keeps its
-  ordinary gradient; CP-LRP: no gradient through q and k);
+* ``Attention``: re-implemented with the rule applied to the queries, keys and values (AttnLRP: gradients
+  of q and k divided by 4 and of v by 2, as one factor per output channel of the qkv projection, the
+  softmax keeps its ordinary gradient; CP-LRP: no gradient through q and k, and a backward through the
+  values only);
 * every ``Linear`` and the patch embedding's ``Conv2d``: unchanged gradient (or the LRP-gamma rule for the
-  ``Linear`` layers when ``gamma > 0``), plus a record of the relevance their bias absorbs;
+  ``Linear`` layers when ``gamma > 0``), plus a record of the relevance their bias absorbs. The qkv
+  projection's rule runs inside the attention's, and with LRP-0 the bias of the MLP's first layer is
+  recorded by the activation's rule, so that these layers keep their own forward;
 * the model's ``_pos_embed``: a record of the relevance absorbed by the class, register and position
   embeddings.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import absorb, gamma_linear, identity_rule, layer_norm_rule, scale_gradient, stop_gradient, straight_through
+from .rules import (
+    absorb,
+    add_mask,
+    gamma_linear,
+    identity_rule,
+    layer_norm_rule,
+    scale_gradient,
+    stop_gradient,
+    straight_through,
+    value_attention,
+)
 
 __all__ = ["ATTENTION_RULES", "RelevanceProbe", "UnsupportedModelError", "lrp_rules"]
 
@@ -38,6 +52,8 @@ ATTENTION_RULES = ("attnlrp", "cp_lrp")
 
 # Models inside an lrp_rules block: patching one twice would stack the rules.
 _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+# Per model and layer: the plan, and the class and children of each module it walked (see _cached_plan).
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict[int, tuple]]" = weakref.WeakKeyDictionary()
 
 
 class UnsupportedModelError(TypeError):
@@ -102,8 +118,31 @@ def _timm_classes() -> dict[str, tuple[type, ...]]:
     }
 
 
-def _plan(model: nn.Module, layer: int) -> list[tuple[str, str, nn.Module]]:
-    """``(name, kind, module)`` of every module to patch; raises for anything without a rule."""
+def _cached_plan(model: nn.Module, layer: int) -> list[tuple[str, str, nn.Module, nn.Module | None]]:
+    """:func:`_plan`, reused while every module it walked has the same class, children and ``inplace`` flag.
+
+    Walking the modules takes longer than a small model's forward pass; checking them is cheaper. The cache
+    holds no reference to the model itself, so that it does not keep it alive.
+    """
+    cached = _PLANS.get(model, {}).get(layer)
+    if cached is not None and _state(model) == cached[0] and all(_state(m) == state for m, state in cached[1]):
+        return cached[2]
+    plan, walked = _plan(model, layer)
+    states = [(m, _state(m)) for m in [model.blocks, *walked]]
+    _PLANS.setdefault(model, {})[layer] = (_state(model), states, plan)
+    return plan
+
+
+def _state(module: nn.Module) -> tuple:
+    return type(module), tuple(module._modules.items()), vars(module).get("inplace")
+
+
+def _plan(model: nn.Module, layer: int) -> tuple[list[tuple[str, str, nn.Module, nn.Module | None]], list]:
+    """``(name, kind, module, feeder)`` of every module to patch, and the modules walked.
+
+    Raises for anything without a rule. ``feeder`` is the ``Linear`` whose output only this module reads
+    (the qkv projection of an attention, the first MLP layer of an activation) or ``None``.
+    """
     classes = _timm_classes()
     if not isinstance(model, classes["vit"]):
         raise UnsupportedModelError(
@@ -115,31 +154,37 @@ def _plan(model: nn.Module, layer: int) -> list[tuple[str, str, nn.Module]]:
     parts = [("patch_embed", model.patch_embed), ("patch_drop", model.patch_drop), ("norm_pre", model.norm_pre)]
     parts += [(f"blocks.{i}", model.blocks[i]) for i in range(int(layer) + 1)]
 
-    activations = set()
+    modules = [entry for prefix, part in parts for entry in part.named_modules(prefix=prefix)]
+    attention_forwards = {c.forward for c in classes["attention"]}
+    mlp_forwards = {c.forward for c in classes["mlp"]}
+    mlps = {id(m) for _, m in modules if type(m).forward in mlp_forwards and isinstance(m, classes["mlp"])}
+    activations: dict[int, list[nn.Module]] = {}  # each activation's first MLP layers
+    for _, module in modules:
+        if id(module) in mlps:
+            activations.setdefault(id(module.act), []).append(module.fc1)
+    kinds = {nn.Linear: "linear", nn.Conv2d: "conv"}
+    kinds.update({c: "layer_norm" for c in classes["layer_norm"]})
+    kinds.update({c: "rms_norm" for c in classes["rms_norm"]})
+    kinds.update({c: None for c in classes["passthrough"]})
     plan, unsupported = [], []
-    for prefix, part in parts:
-        for sub, module in part.named_modules(prefix=prefix):
-            kind = type(module)
-            if id(module) in activations:
-                if getattr(module, "inplace", False):
-                    unsupported.append(f"{sub} (in-place {kind.__name__})")
-                plan.append((sub, "activation", module))
-            elif isinstance(module, classes["attention"]) and kind.forward in [c.forward for c in classes["attention"]]:
-                if getattr(module, "gate", None) is not None:
-                    unsupported.append(f"{sub} (gated attention)")
-                plan.append((sub, "attention", module))
-            elif isinstance(module, classes["mlp"]) and kind.forward in [c.forward for c in classes["mlp"]]:
-                activations.add(id(module.act))
-            elif kind is nn.Linear:
-                plan.append((sub, "linear", module))
-            elif kind is nn.Conv2d:
-                plan.append((sub, "conv", module))
-            elif kind in classes["layer_norm"]:
-                plan.append((sub, "layer_norm", module))
-            elif kind in classes["rms_norm"]:
-                plan.append((sub, "rms_norm", module))
-            elif kind not in classes["passthrough"]:
-                unsupported.append(f"{sub} ({kind.__name__})")
+    for sub, module in modules:
+        kind = type(module)
+        if id(module) in activations:
+            if getattr(module, "inplace", False):
+                unsupported.append(f"{sub} (in-place {kind.__name__})")
+            feeders = activations[id(module)]
+            feeder = feeders[0] if len(feeders) == 1 and type(feeders[0]) is nn.Linear else None
+            plan.append((sub, "activation", module, feeder))
+        elif kind.forward in attention_forwards and isinstance(module, classes["attention"]):
+            if getattr(module, "gate", None) is not None:
+                unsupported.append(f"{sub} (gated attention)")
+            plan.append((sub, "attention", module, module.qkv))  # a qkv that is no Linear is reported
+        elif id(module) in mlps:
+            continue  # its activation and layers have their own rules
+        elif kind not in kinds:
+            unsupported.append(f"{sub} ({kind.__name__})")
+        elif kinds[kind] is not None:
+            plan.append((sub, kinds[kind], module, None))
     if unsupported:
         raise UnsupportedModelError(
             f"no LRP rule for these modules of blocks 0..{layer}: {', '.join(unsupported)}; supported are "
@@ -150,32 +195,50 @@ def _plan(model: nn.Module, layer: int) -> list[tuple[str, str, nn.Module]]:
         if id(entry[2]) not in seen:
             seen.add(id(entry[2]))
             unique.append(entry)
-    return unique
+    return unique, [module for _, module in modules]
 
 
-def _attention_rule(rule: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    if rule == "attnlrp":
-        # Uniform rule on q @ k^T and on attn @ v: q and k feed two bilinear products in a row.
-        return lambda q, k, v: (scale_gradient(q, 4), scale_gradient(k, 4), scale_gradient(v, 2))
-    return lambda q, k, v: (stop_gradient(q), stop_gradient(k), v)
+@functools.lru_cache(maxsize=16)
+def _qkv_factors(width: int, q_and_k: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Gradient factors of the qkv projection's output channels: ``q_and_k`` for q and k, 1/2 for v."""
+    return torch.tensor([q_and_k, q_and_k, 0.5], dtype=dtype, device=device).repeat_interleave(width)
 
 
-def _attention_forward(attn: nn.Module, rule: str) -> Callable[..., torch.Tensor]:
-    apply_rule = _attention_rule(rule)
+def _attention_forward(attn: nn.Module, rule: str, probe: RelevanceProbe, gamma: float) -> Callable[..., torch.Tensor]:
+    """The attention with its rule, and the rule of its qkv projection (whose own forward is left as it is)."""
+    # AttnLRP scales the gradients of q, k and v by constants, which commute with every backward map in
+    # between: one per-channel factor on the projection's output does it all, unless q or k are normalised
+    # (then their factors stay after the norms, whose bias relevance is measured with the scaled gradient).
+    per_channel = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
+    qkv = attn.qkv
+
+    def qkv_rule(x: torch.Tensor) -> torch.Tensor:
+        factor = None
+        if rule == "attnlrp":
+            factor = _qkv_factors(qkv.out_features // 3, 0.25 if per_channel else 1.0, x.dtype, x.device)
+        elif gamma == 0 and (qkv.bias is None or probe.tensor is None):
+            return qkv(x)
+        return gamma_linear(x, qkv.weight, qkv.bias, gamma, probe.tensor, factor)
 
     def forward(x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         b, n, _ = x.shape
         heads, head_dim = attn.num_heads, attn.head_dim
-        qkv = attn.qkv(x).reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        qkv = qkv_rule(x).reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k, v = apply_rule(q, k, v)
-        if attn.fused_attn:
-            dropout = attn.attn_drop.p if attn.training else 0.0
+        if rule == "cp_lrp":
+            q, k = stop_gradient(q), stop_gradient(k)
+        elif not per_channel:
+            # Uniform rule on q @ k^T and on attn @ v: q and k feed two bilinear products in a row.
+            q, k = scale_gradient(q, 4), scale_gradient(k, 4)
+        dropout = attn.attn_drop.p if attn.training else 0.0
+        if attn.fused_attn and rule == "cp_lrp" and dropout == 0:
+            out = value_attention(q, k, v, attn_mask, is_causal)
+        elif attn.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal)
         else:
             scores = (q * attn.scale) @ k.transpose(-2, -1)
-            scores = _add_mask(scores, attn_mask, is_causal)
+            scores = add_mask(scores, attn_mask, is_causal)
             out = attn.attn_drop(scores.softmax(dim=-1)) @ v
         out = out.transpose(1, 2).reshape(b, n, heads * head_dim)
         norm = getattr(attn, "norm", None)
@@ -186,24 +249,27 @@ def _attention_forward(attn: nn.Module, rule: str) -> Callable[..., torch.Tensor
     return forward
 
 
-def _add_mask(scores: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-    """Scores with a mask added as scaled_dot_product_attention reads it."""
-    n, m = scores.shape[-2:]
-    if is_causal:
-        return scores + scores.new_full((n, m), float("-inf")).triu(1)
-    if attn_mask is None:
-        return scores
-    if attn_mask.dtype == torch.bool:
-        return scores.masked_fill(~attn_mask, float("-inf"))
-    return scores + attn_mask
+def _runs_f_layer_norm(norm: nn.Module) -> bool:
+    """Whether the module's forward is ``F.layer_norm(x, normalized_shape, weight, bias, eps)`` and nothing else.
+
+    The rule can then run that op itself and reuse the ``1 / std`` it computes.
+    """
+    import timm.layers
+
+    forward = type(norm).forward
+    timm_norm = getattr(timm.layers, "LayerNorm", None)
+    return forward is nn.LayerNorm.forward or (
+        timm_norm is not None and forward is timm_norm.forward and getattr(norm, "_fast_norm", True) is False
+    )
 
 
 def _layer_norm_forward(norm: nn.Module, original: Callable, probe: RelevanceProbe) -> Callable:
     dims = tuple(range(-len(norm.normalized_shape), 0))
+    plain = _runs_f_layer_norm(norm)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = layer_norm_rule(original, x, dims, norm.weight, norm.eps)
-        return out if norm.bias is None else absorb(out, norm.bias, probe.tensor)
+        fn = None if plain and not torch.is_autocast_enabled(x.device.type) else original
+        return layer_norm_rule(fn, x, dims, norm.weight, norm.eps, norm.bias, probe.tensor)
 
     return forward
 
@@ -223,10 +289,9 @@ def _rms_norm_forward(norm: nn.Module, original: Callable) -> Callable:
 
 def _linear_forward(linear: nn.Linear, original: Callable, probe: RelevanceProbe, gamma: float) -> Callable:
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if gamma > 0:
-            return gamma_linear(x, linear.weight, linear.bias, gamma, probe.tensor)
-        out = original(x)
-        return out if linear.bias is None else absorb(out, linear.bias, probe.tensor)
+        if gamma == 0 and (linear.bias is None or probe.tensor is None):
+            return original(x)
+        return gamma_linear(x, linear.weight, linear.bias, gamma, probe.tensor)
 
     return forward
 
@@ -239,8 +304,11 @@ def _conv_forward(conv: nn.Conv2d, original: Callable, probe: RelevanceProbe) ->
     return forward
 
 
-def _activation_forward(original: Callable) -> Callable:
-    return lambda x: identity_rule(original, x)
+def _activation_forward(original: Callable, feeder: nn.Linear | None, probe: RelevanceProbe) -> Callable:
+    """The identity rule; with ``feeder``, the layer before it, it also records the relevance of its bias."""
+    if feeder is None or feeder.bias is None:
+        return lambda x: identity_rule(original, x)
+    return lambda x: identity_rule(original, x, feeder.bias, probe.tensor)
 
 
 def _pos_embed_forward(original: Callable, probe: RelevanceProbe) -> Callable:
@@ -296,19 +364,24 @@ def lrp_rules(
     gamma = float(gamma)
     if not gamma >= 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
-    plan = _plan(model, layer)
+    plan = _cached_plan(model, layer)
     if model in _ACTIVE:
         raise RuntimeError("the model is already inside an lrp_rules block; the rules cannot be nested")
     _ACTIVE.add(model)
     probe = RelevanceProbe()
     patches = _InstancePatches()
+    # An attention runs the rule of its qkv projection itself; with LRP-0 the activation's rule records
+    # the bias of the first MLP layer. These projections keep their own forward.
+    fed = {id(feeder) for _, kind, _, feeder in plan if feeder is not None and (kind == "attention" or gamma == 0)}
     try:
-        for _, kind, module in plan:
+        for _, kind, module, feeder in plan:
             original = module.forward
+            if kind == "linear" and id(module) in fed:
+                continue
             if kind == "attention":
-                forward = _attention_forward(module, attention)
+                forward = _attention_forward(module, attention, probe, gamma)
             elif kind == "activation":
-                forward = _activation_forward(original)
+                forward = _activation_forward(original, feeder if gamma == 0 else None, probe)
             elif kind == "layer_norm":
                 forward = _layer_norm_forward(module, original, probe)
             elif kind == "rms_norm":
