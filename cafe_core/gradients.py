@@ -12,8 +12,8 @@ uses both facts:
   the unit cotangents (the token's Jacobian, ``D`` its width) are computed once, and each latent's gradient
   is its cotangent times that Jacobian. This beats ``"shared"`` when more than about ``D`` latents of one
   image are read at the same token.
-* ``"auto"``: ``"rows"`` for images with fewer than :data:`SHARED_FROM` rows in the batch, ``"shared"`` for
-  the others, and the Jacobian for a token that more than :data:`JACOBIAN_FROM` times ``D`` of an image's
+* ``"auto"``: ``"rows"`` for images with fewer rows in the batch than :func:`shared_from` says, ``"shared"``
+  for the others, and the Jacobian for a token that more than :data:`JACOBIAN_FROM` times ``D`` of an image's
   rows read.
 
 All strategies return the same numbers up to floating-point rounding. Rows whose cotangent is zero (an
@@ -30,13 +30,19 @@ import torch
 
 from .batching import BATCHING
 from .context import RunContext
+from .geometry import layer_grid, layer_width
 from .target import TargetFunction
 
-__all__ = ["BATCHING", "JACOBIAN_FROM", "SHARED_FROM", "RowGradients", "frozen", "identical_rows", "input_gradients"]
+__all__ = [
+    "BATCHING", "JACOBIAN_FROM", "RowGradients", "frozen", "identical_rows", "input_gradients", "shared_from"
+]
 
-# "auto" shares an image's forward once it has SHARED_FROM rows: below that, the batched backward's fixed
-# cost per op outweighs the forwards saved on a small model (the "latents per image" benchmarks).
-SHARED_FROM = 8
+# "auto" shares an image's forward once it has enough rows for the batched backward's fixed cost per op to pay
+# off: from 2 rows when a layer's activation ([tokens, width]) has LARGE_ACTIVATION elements or more, from
+# SMALL_MODEL_SHARED_FROM rows below (measured by the "latents per image" benchmarks: vit_small, 197 x 384,
+# gains 1.2x at 2 rows per image; the embedded default, 65 x 128, still loses 1.07x at 16).
+LARGE_ACTIVATION = 2**15
+SMALL_MODEL_SHARED_FROM = 32
 
 # "auto" switches a token to its Jacobian when more than JACOBIAN_FROM * D rows of one image read it: the
 # crossover measured by the benchmarks (benchmarks/README.md).
@@ -128,6 +134,13 @@ def frozen(*modules: object) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def shared_from(target: TargetFunction) -> int:
+    """Rows of one image from which ``"auto"`` batching shares its forward pass (see :data:`LARGE_ACTIVATION`)."""
+    gh, gw = layer_grid(target.backbone, target.layer)
+    elements = (len(target.backbone.prefix_tokens) + gh * gw) * layer_width(target.backbone, target.layer)
+    return 2 if elements >= LARGE_ACTIVATION else SMALL_MODEL_SHARED_FROM
 
 
 def _no_extras(n: int) -> list[torch.Tensor]:
@@ -296,8 +309,8 @@ def input_gradients(
         alone = torch.ones(len(x), dtype=torch.bool)
     else:
         first, group = identical_rows(x)
-        shared_from = SHARED_FROM if batching == "auto" else 1
-        alone = torch.bincount(group, minlength=len(first))[group] < shared_from
+        least = shared_from(target) if batching == "auto" else 1
+        alone = torch.bincount(group, minlength=len(first))[group] < least
     if batching == "auto":
         jacobian_from: float | None = JACOBIAN_FROM
     else:

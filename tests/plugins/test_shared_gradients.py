@@ -97,7 +97,7 @@ def test_rows_of_one_image_share_one_forward_and_batches_stay_bounded(setting):
     backbone, sae, x, latents, positions = setting
     counting = CountingBackbone(backbone)
     input_gradients(TargetFunction(counting, sae, 1, latents, positions), x, RunContext(batch_size=8), batching="auto")
-    assert sorted(counting.calls) == [1, 4]  # image 0 (51 rows) is shared; images 1 and 2, too few rows, are not
+    assert sorted(counting.calls) == [1, 4]  # image 0 (51 rows) is shared; images 1 and 2 have too few rows
     counting.calls.clear()
     input_gradients(TargetFunction(counting, sae, 1, latents, positions), x, RunContext(batch_size=8), batching="rows")
     assert counting.calls == [8] * 6 + [7]
@@ -144,3 +144,15 @@ def test_attributors_give_the_same_maps_and_info_under_every_batching(setting, a
     if attributor is CPLRP:  # conservation holds whichever way the rows were batched
         for result in results:
             assert result.info["conservation_error"].abs().max() < 1e-4
+
+
+def test_auto_shares_from_two_rows_on_a_large_layer_and_from_many_on_a_small_one():
+    from types import SimpleNamespace
+
+    from cafe_core.gradients import LARGE_ACTIVATION, SMALL_MODEL_SHARED_FROM, shared_from
+
+    vit_small = SimpleNamespace(grid_size=(14, 14), prefix_tokens=("cls",), width=384)  # 197 x 384 elements
+    tiny = TinyTimmViT()  # 17 tokens x 32
+    assert 197 * 384 >= LARGE_ACTIVATION > 17 * 32
+    assert shared_from(TargetFunction(vit_small, _sae(), 0, [0], [0])) == 2
+    assert shared_from(TargetFunction(tiny, _sae(), 1, [0], [0])) == SMALL_MODEL_SHARED_FROM > 3
