@@ -208,7 +208,7 @@ def _shared_image(
     z, token, cotangent = _token_cotangents(target, h, rows)
     out.z[rows], out.token[rows], out.token_grad[rows] = z.to(out.z), token.to(out.token), cotangent.to(out.token)
     cotangent = cotangent.to(h)
-    active = cotangent.abs().sum(1) > 0  # rows of an inactive latent have a zero gradient: no backward
+    active = (cotangent.abs().sum(1) > 0).cpu()  # rows of an inactive latent have a zero gradient: no backward
     positions = target.positions[rows]
     leaves = [leaf, *extras]
     width = h.shape[-1]
@@ -315,7 +315,7 @@ def input_gradients(
         jacobian_from: float | None = JACOBIAN_FROM
     else:
         jacobian_from = 0.0 if batching == "jacobian" else None
-    with frozen(target.backbone.model, target.sae):
+    with frozen(getattr(target.backbone, "model", None), target.sae):
         if alone.any():
             _separate_rows(target, x, torch.nonzero(alone).flatten(), out, extra_leaves, chunk)
         for g in group[~alone].unique().tolist():

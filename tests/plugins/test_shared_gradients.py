@@ -156,3 +156,23 @@ def test_auto_shares_from_two_rows_on_a_large_layer_and_from_many_on_a_small_one
     assert 197 * 384 >= LARGE_ACTIVATION > 17 * 32
     assert shared_from(TargetFunction(vit_small, _sae(), 0, [0], [0])) == 2
     assert shared_from(TargetFunction(tiny, _sae(), 1, [0], [0])) == SMALL_MODEL_SHARED_FROM > 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batching", BATCHING)
+def test_every_batching_on_cuda_matches_the_cpu(setting, batching):
+    from cafe_sae import ReluSAE
+
+    backbone, _, x, latents, positions = setting
+    sae = ReluSAE.random_init(WIDTH, 96, seed=0, layer=1, site="all")
+    on_cpu = input_gradients(TargetFunction(backbone, sae, 1, latents, positions), x, RunContext(batch_size=8),
+                             batching=batching)
+    cuda_backbone = TinyTimmViT()
+    cuda_backbone.model.cuda()
+    cuda_backbone.mean, cuda_backbone.std = cuda_backbone.mean.cuda(), cuda_backbone.std.cuda()
+    target = TargetFunction(cuda_backbone, sae.cuda(), 1, latents, positions)
+    on_cuda = input_gradients(target, x.cuda(), RunContext(batch_size=8, device=torch.device("cuda")),
+                              batching=batching)
+    torch.testing.assert_close(on_cuda.inputs.cpu(), on_cpu.inputs, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(on_cuda.z.cpu(), on_cpu.z, rtol=1e-4, atol=1e-6)
