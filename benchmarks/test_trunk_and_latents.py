@@ -22,15 +22,19 @@ def test_gradient_x_input_by_layer(benchmark, host, setups, layer):
     benchmark(attributor.attribute, target, x, context(16))
 
 
-def _latents_of_one_image(setup, k):
-    """The image's ``k`` latents with the highest maximum over patch tokens, each at its top token."""
-    x = setup.images[:1]
+def _top_latents(setup, n_images, per_image):
+    """Each of the first images at its ``per_image`` latents with the highest maximum over patch tokens.
+
+    Returns the target function and the images repeated once per row, each latent read at its top token.
+    """
+    x = setup.images[:n_images]
+    n_prefix = len(setup.backbone.prefix_tokens)
     with torch.no_grad():
-        codes = setup.sae.encode(setup.backbone.forward_to(x, setup.layer))[0, len(setup.backbone.prefix_tokens) :]
-    best, position = codes.max(0)
-    latents = torch.topk(best, k).indices
-    positions = position[latents] + len(setup.backbone.prefix_tokens)
-    return TargetFunction(setup.backbone, setup.sae, setup.layer, latents, positions), x.expand(k, -1, -1, -1)
+        best, position = setup.sae.encode(setup.backbone.forward_to(x, setup.layer))[:, n_prefix:].max(1)
+    latents = torch.topk(best, per_image, dim=1).indices
+    positions = torch.gather(position, 1, latents) + n_prefix
+    target = TargetFunction(setup.backbone, setup.sae, setup.layer, latents.flatten(), positions.flatten())
+    return target, x.repeat_interleave(per_image, 0)
 
 
 @pytest.mark.parametrize("mode", ["looped", "rows", "shared"])
@@ -38,7 +42,7 @@ def _latents_of_one_image(setup, k):
 @pytest.mark.parametrize("model", ["toy", "vit_small"])
 def test_32_latents_of_one_image(benchmark, host, setups, model, method, mode):
     """K = 32 latents of one image: 32 calls of one row, or one call over 32 rows batched two ways."""
-    target, x = _latents_of_one_image(setups[model], 32)
+    target, x = _top_latents(setups[model], 1, 32)
     ctx = context(32)
     benchmark.group = f"32 latents of one image: {model} {method}"
     benchmark.extra_info.update(model=model, mode=mode, items=32, per="heatmap")
@@ -55,19 +59,11 @@ def test_32_latents_of_one_image(benchmark, host, setups, model, method, mode):
 @pytest.mark.parametrize("model", ["toy", "vit_small"])
 def test_latents_per_image(benchmark, host, setups, model, per_image, mode):
     """16 rows made of 16 / per_image images, each explained at its per_image most active latents."""
-    setup = setups[model]
-    n_images = 16 // per_image
-    x = setup.images[:n_images]
-    n_prefix = len(setup.backbone.prefix_tokens)
-    with torch.no_grad():
-        best, position = setup.sae.encode(setup.backbone.forward_to(x, setup.layer))[:, n_prefix:].max(1)
-    latents = torch.topk(best, per_image, dim=1).indices
-    positions = torch.gather(position, 1, latents) + n_prefix
-    target = TargetFunction(setup.backbone, setup.sae, setup.layer, latents.flatten(), positions.flatten())
+    target, x = _top_latents(setups[model], 16 // per_image, per_image)
     attributor = host.registry("attributor").get("gradient_x_input").build({"batching": mode})
     benchmark.group = f"latents per image: {model} gradient_x_input, 16 rows, {per_image:02d} per image"
     benchmark.extra_info.update(model=model, mode=mode, items=16, per="heatmap")
-    benchmark(attributor.attribute, target, x.repeat_interleave(per_image, 0), context(16))
+    benchmark(attributor.attribute, target, x, context(16))
 
 
 @pytest.fixture(scope="module")

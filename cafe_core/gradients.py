@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .batching import BATCHING
+from .batching import BATCHING, check_batching
 from .context import RunContext
 from .geometry import layer_grid, layer_width
 from .target import TargetFunction
@@ -299,8 +299,7 @@ def input_gradients(
     The backbone's and the SAE's parameters do not require grad during the call (see :func:`frozen`), so
     no weight gradient is computed; their flags are restored afterwards.
     """
-    if batching not in BATCHING:
-        raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
+    check_batching(batching)
     extra_leaves = extra_leaves or _no_extras
     out = _Gradients(x, target.sae.d_in)
     chunk = context.batch_size

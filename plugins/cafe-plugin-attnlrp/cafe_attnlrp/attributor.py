@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cafe_core.batching import BATCHING
+from cafe_core.batching import check_batching
 from cafe_core.gradients import input_gradients
 from cafe_core.patches import pixels_to_patches
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
@@ -27,10 +27,8 @@ class _LayerwiseRelevance:
         gamma = float(gamma)
         if not (math.isfinite(gamma) and gamma >= 0):
             raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
-        if batching not in BATCHING:
-            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         self.gamma = gamma
-        self.batching = batching
+        self.batching = check_batching(batching)
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Relevance maps of the rows of ``x [B, 3, H, W]`` with respect to ``target``.
@@ -64,10 +62,7 @@ class _LayerwiseRelevance:
                 probe.tensor = x.new_zeros(n_images, requires_grad=True)
                 return [probe.tensor]
 
-            try:
-                gradients = input_gradients(target, x, context, batching=self.batching, extra_leaves=probe_leaf)
-            finally:
-                probe.tensor = None
+            gradients = input_gradients(target, x, context, batching=self.batching, extra_leaves=probe_leaf)
         z = gradients.z
         pixels = (x.detach() * gradients.inputs).sum(dim=1)
         # The SAE part is linear then ReLU, where gradient x input is LRP-0: the relevance z does not pass on

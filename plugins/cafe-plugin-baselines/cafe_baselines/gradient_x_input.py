@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cafe_core.batching import BATCHING
+from cafe_core.batching import check_batching
 from cafe_core.gradients import input_gradients
 from cafe_core.patches import pixels_to_patches
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
@@ -38,10 +38,8 @@ class GradientXInput:
     conserves_relevance = False
 
     def __init__(self, absolute: bool = False, batching: str = "auto") -> None:
-        if batching not in BATCHING:
-            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         self.absolute = bool(absolute)
-        self.batching = batching
+        self.batching = check_batching(batching)
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Gradient x input maps of the rows of ``x [B, 3, H, W]``.
