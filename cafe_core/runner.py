@@ -42,7 +42,8 @@ def _open_store(directory: pathlib.Path, plan: RunPlan, host: Any) -> RunStore:
     canonical = plan.spec.canonical()
     previous = store.get_meta("spec")
     if previous is not None and _comparable(previous) != _comparable(canonical):
-        changed = sorted(k for k in set(previous) | set(canonical) if _comparable(previous).get(k) != _comparable(canonical).get(k))
+        before, now = _comparable(previous), _comparable(canonical)
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         store.close()
         raise RunDirectoryError(
             f"{directory} holds a run of a different spec (sections that differ: {', '.join(changed)}); "
@@ -138,24 +139,29 @@ class _UnitWorker:
         self, sae: Any, x: torch.Tensor, image_ids: list[str], explained: Sequence[SelectedTarget]
     ) -> None:
         """Heatmaps and scores still missing for these targets, ``batch_size`` targets at a time."""
+        stored_heatmaps, scored = self.store.stored_work(sorted(set(image_ids)))
         todo = []
         for s in explained:
             key = (image_ids[s.image_row], s.target.layer, s.target.latent, s.target.position)
-            needs = {}  # attributor -> metrics still to score (a heatmap is computed unless stored)
+            needs = {}  # attributor -> (metrics still to score, whether its heatmap is stored)
             for label in self.plan.attributors:
-                missing = set(self.plan.metrics) - self.store.scored_metrics(key, label)
-                if missing or not self.store.has_heatmap(key, label):
-                    needs[label] = missing
+                missing = set(self.plan.metrics) - scored.get((*key, label), set())
+                has_heatmap = (*key, label) in stored_heatmaps
+                if missing or not has_heatmap:
+                    needs[label] = (missing, has_heatmap)
             if needs:
                 todo.append((s, key, needs))
         batch = self.plan.context.batch_size
         for start in range(0, len(todo), batch):
             self._explain_chunk(sae, x, todo[start : start + batch])
 
-    def _heatmaps(self, label: str, attributor: Any, target: TargetFunction, xs: torch.Tensor, keys: list[tuple]):
-        """``(heatmap [N, gh, gw], rows to store)``: computed unless every one is stored already."""
-        stored = [self.store.heatmap(key, label) for key in keys]
-        if all(h is not None for h in stored):
+    def _heatmaps(
+        self, label: str, attributor: Any, target: TargetFunction, xs: torch.Tensor, keys: list[tuple],
+        all_stored: bool,
+    ):
+        """``(heatmap [N, gh, gw], rows to store)``: read back when every one is stored, computed otherwise."""
+        if all_stored:
+            stored = [self.store.heatmap(key, label) for key in keys]
             return torch.as_tensor(np.stack(stored), device=xs.device, dtype=xs.dtype), []
         attribution = attributor.attribute(target, xs, self.plan.context)
         if not isinstance(attribution, Attribution):
@@ -190,15 +196,16 @@ class _UnitWorker:
             index = [i for i, (_, _, needs) in enumerate(chunk) if label in needs]
             if index:
                 selected = torch.as_tensor(index, device=x.device)
+                all_stored = all(chunk[i][2][label][1] for i in index)
                 heatmap, stored = self._heatmaps(
-                    label, attributor, target.select(selected), xs[selected], [keys[i] for i in index]
+                    label, attributor, target.select(selected), xs[selected], [keys[i] for i in index], all_stored
                 )
                 heatmaps[label] = dict(zip(index, heatmap))
                 heatmap_rows += stored
         score_rows = []
         for metric_label, metric in plan.metrics.items():
             pairs = [
-                (label, i) for label in heatmaps for i in heatmaps[label] if metric_label in chunk[i][2][label]
+                (label, i) for label in heatmaps for i in heatmaps[label] if metric_label in chunk[i][2][label][0]
             ]
             if not pairs:
                 continue

@@ -12,7 +12,7 @@ import json
 import pathlib
 import sqlite3
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -122,21 +122,28 @@ class RunStore:
         """Keys of the work units already complete."""
         return {row[0] for row in self._db.execute("SELECT unit FROM units")}
 
-    def has_heatmap(self, key: tuple, attributor: str) -> bool:
-        """Whether a heatmap for ``key = (image_id, layer, latent, position)`` is stored."""
-        row = self._db.execute(
-            "SELECT 1 FROM heatmaps WHERE image_id=? AND layer=? AND latent=? AND position=? AND attributor=?",
-            (*key, attributor),
-        ).fetchone()
-        return row is not None
+    def stored_work(self, image_ids: Sequence[str]) -> tuple[set[tuple], dict[tuple, set[str]]]:
+        """What is already stored for these images, in two queries.
 
-    def scored_metrics(self, key: tuple, attributor: str) -> set[str]:
-        """Metrics already scored for a target's heatmap."""
-        rows = self._db.execute(
-            "SELECT metric FROM scores WHERE image_id=? AND layer=? AND latent=? AND position=? AND attributor=?",
-            (*key, attributor),
-        )
-        return {r[0] for r in rows}
+        Returns
+        -------
+        heatmaps : set of tuple
+            ``(image_id, layer, latent, position, attributor)`` of every stored heatmap.
+        scored : dict
+            The metrics already scored for each such key that has scores.
+        """
+        marks = ",".join("?" * len(image_ids))
+        columns = "image_id, layer, latent, position, attributor"
+        heatmaps = {
+            tuple(row)
+            for row in self._db.execute(f"SELECT {columns} FROM heatmaps WHERE image_id IN ({marks})", list(image_ids))
+        }
+        scored: dict[tuple, set[str]] = {}
+        for *key, metric in self._db.execute(
+            f"SELECT {columns}, metric FROM scores WHERE image_id IN ({marks})", list(image_ids)
+        ):
+            scored.setdefault(tuple(key), set()).add(metric)
+        return heatmaps, scored
 
     def heatmap(self, key: tuple, attributor: str) -> np.ndarray | None:
         """A stored heatmap ``[gh, gw]``, or ``None``."""
