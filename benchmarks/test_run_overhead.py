@@ -15,7 +15,7 @@ from conftest import context
 SPEC = {
     "backbone": {"name": "toy_vit"},
     "sae": {"name": "toy_sae", "layer": 3},
-    "data": {"name": "shapes", "size": 32, "seed": 4},
+    "dataset": {"name": "shapes", "size": 32, "seed": 4},
     "targets": {"select": "top", "count": 2},
     "attributors": [{"name": "gradient_x_input"}],
     "metrics": [{"name": "insertion", "steps": 4}],

@@ -11,6 +11,7 @@ import os
 import pathlib
 import sys
 import traceback
+import warnings
 from typing import Sequence
 
 from .errors import CafeError
@@ -52,7 +53,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .plan import prepare
     from .plugins import get_host
-    from .spec import load_spec, resolve
+    from .resolve import resolve
+    from .spec import load_spec
 
     spec, base_dir = load_spec(args.spec)
     host = get_host()
@@ -135,6 +137,7 @@ def _parser(selected: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cafe`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.simplefilter("default", DeprecationWarning)  # a renamed spec key is the user's to fix: show it
     selected = next((a for a in argv if not a.startswith("-")), None)
     try:
         args = _parser(selected).parse_args(argv)

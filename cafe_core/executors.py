@@ -1,41 +1,35 @@
 """Executors: how the units of work of a run are carried out.
 
-A unit of work is a batch of images with everything to explain on them. Units are independent and all
-their results go to the run store, so an executor may run them in any order, in any process, on any
-machine that can reach the store; the in-process executor below runs them one after another.
+A unit of work is a batch of images with everything to explain on them. Units are independent: a worker turns
+one into :class:`~cafe_core.records.UnitResult` pieces, and the executor hands each piece to ``commit``, which
+writes it to the run store in one transaction (the last piece of a unit marks it finished). An executor may
+therefore run units in any order, in any process or on any machine, as long as the pieces come back to
+``commit`` in the driver; the in-process executor below runs them one after another.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
+
+from .records import UnitResult, WorkUnit
 
 __all__ = ["Executor", "InProcessExecutor", "WorkUnit"]
 
-
-@dataclass(frozen=True)
-class WorkUnit:
-    """A batch of dataset indices; ``key`` names it in the run store."""
-
-    key: str
-    indices: tuple[int, ...]
+Work = Callable[[WorkUnit], Iterable[UnitResult]]
+Commit = Callable[[UnitResult], None]
 
 
 class Executor(Protocol):
-    """Runs ``work(unit)`` for every unit; ``progress(n)`` is called as units finish."""
+    """Runs ``work(unit)`` for every unit and passes every piece of its result to ``commit``."""
 
-    def execute(
-        self, units: Sequence[WorkUnit], work: Callable[[WorkUnit], None], progress: Callable[[int], None]
-    ) -> None: ...
+    def execute(self, units: Sequence[WorkUnit], work: Work, commit: Commit) -> None: ...
 
 
 class InProcessExecutor:
-    """Runs the units sequentially in this process."""
+    """Runs the units sequentially in this process, committing each piece as it is produced."""
 
-    def execute(
-        self, units: Sequence[WorkUnit], work: Callable[[WorkUnit], None], progress: Callable[[int], None]
-    ) -> None:
+    def execute(self, units: Sequence[WorkUnit], work: Work, commit: Commit) -> None:
         """Run every unit in order."""
         for unit in units:
-            work(unit)
-            progress(1)
+            for piece in work(unit):
+                commit(piece)

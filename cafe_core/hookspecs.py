@@ -10,12 +10,12 @@ A plugin is a module (or any object) with functions named after these hooks, dec
 Every hook receives a ``register`` callable rather than returning values, so one hook can register any
 number of components, and the host knows which plugin registered what::
 
-    register(name, target, *, params=None, aliases=(), description="")
+    register(name, factory, *, params=None, aliases=(), description="")
 
 ``name``
     The name specs use (``name = "xyz"``). Unique across all plugins: a second registration of the same
     name is an error that names both plugins.
-``target``
+``factory``
     The component class (or any callable returning the component), or a lazy ``"module:attr"`` string.
     Prefer the string: the module, and whatever heavy library it imports, loads only when a run uses it.
 ``params``
@@ -26,7 +26,7 @@ number of components, and the host knows which plugin registered what::
 ``description``
     One line shown by ``cafe plugins``.
 
-The component is built as ``target(**params)``. What each kind of component must implement is in
+The component is built as ``factory(**params)``. What each kind of component must implement is in
 :mod:`cafe_core.protocols`.
 """
 
@@ -46,7 +46,7 @@ Register = Callable[..., Any]
 
 @hookspec
 def cafe_register_backbones(register: Register) -> None:
-    """Register backbones: models that map images to token activations, block by block.
+    """Register backbones: models that map images to hidden states (token vectors), block by block.
 
     A backbone implements :class:`cafe_core.protocols.Backbone`: ``preprocess(images)``,
     ``forward_to(x, layer)`` running blocks ``0..layer`` only, and the token geometry (``grid_size``,
@@ -96,7 +96,9 @@ def cafe_register_attributors(register: Register) -> None:
     An attributor implements :class:`cafe_core.protocols.Attributor`:
     ``attribute(target, x, context) -> Attribution`` with a ``[B, gh, gw]`` heatmap, plus the capability
     flags ``needs_grad`` and ``conserves_relevance``. Method knobs are its params; batch size, device and
-    seed come from ``context``. Check it with :func:`cafe_core.testing.check_attributor`.
+    seed come from ``context``. An attributor that works on some architectures only also defines
+    ``check_compatible(backbone) -> list[str]``, so ``cafe validate`` reports the mismatch before a run
+    starts. Check it with :func:`cafe_core.testing.check_attributor`.
 
     Example
     -------
@@ -118,8 +120,9 @@ def cafe_register_metrics(register: Register) -> None:
     """Register faithfulness metrics that score a heatmap against the model.
 
     A metric implements :class:`cafe_core.protocols.Metric`:
-    ``evaluate(target, x, heatmap, context) -> MetricResult`` and ``higher_is_better``. Check it with
-    :func:`cafe_core.testing.check_metric`.
+    ``evaluate(target, x, heatmap, context, annotations=None) -> MetricResult`` and ``higher_is_better``
+    (``annotations``: each row's ``ImageItem.info``, for metrics that score against ground truth). Check it
+    with :func:`cafe_core.testing.check_metric`.
 
     Example
     -------
@@ -158,7 +161,7 @@ def cafe_register_datasets(register: Register) -> None:
 def cafe_register_commands(register: Register) -> None:
     """Register subcommands of the ``cafe`` command line.
 
-    ``target`` is a class (or lazy ``"module:Class"``) whose instances have ``configure(parser)``, adding
+    ``factory`` is a class (or lazy ``"module:Class"``) whose instances have ``configure(parser)``, adding
     arguments to an :class:`argparse.ArgumentParser`, and ``run(args) -> int``, returning the exit status.
     The module is imported only when its command is invoked; ``description`` is the one-line help shown
     by ``cafe --help``. Raise :class:`cafe_core.errors.CafeError` for user errors: the CLI prints the

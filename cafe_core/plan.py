@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import SpecError
+from .errors import CafeError, SpecError
 from .protocols import RunContext, layer_width
-from .selection import fixed_position
-from .spec import ResolvedComponent, RunSpec, build_component, resolve_device, resolve_partially
+from .selection import rule_position
+from .resolve import ResolvedComponent, build_component, resolve_device, resolve_partially
+from .spec import RunSpec
 
 __all__ = ["RunPlan", "prepare", "make_context"]
 
@@ -43,6 +44,8 @@ class RunPlan:
     dataset: Any
     attributors: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    rule_positions: list[list[int | None]] = field(default_factory=list)
+    """Per SAE, per selection rule: the rule's token index (``None`` for ``"argmax"``)."""
 
     def versions(self, host: Any) -> dict[str, Any]:
         """Versions of cafe, torch, Python and every plugin that provided a component of this run."""
@@ -82,7 +85,7 @@ def _check_saes(backbone: Any, saes: list[Any], spec: RunSpec) -> list[tuple[str
         width = layer_width(backbone, layer) if layer is not None and 0 <= layer < backbone.depth else backbone.width
         if sae.d_in != width:
             problems.append(
-                (path, f"the SAE reads {sae.d_in}-dim activations but the backbone's tokens are {width}-dim; "
+                (path, f"the SAE reads {sae.d_in}-dim hidden states but the backbone's tokens are {width}-dim; "
                  "it was trained on another model or layer")
             )
         for j, rule in enumerate(spec.targets):
@@ -100,7 +103,8 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
     ------
     SpecError
         Every problem found, with its path in the spec: unknown names, bad params, a layer past the
-        backbone's depth, an SAE of the wrong width, a position the backbone does not have.
+        backbone's depth, an SAE of the wrong width or site, a position the backbone does not have, and what
+        each component's ``check_compatible(backbone)`` reports.
     """
     resolved, problems = resolve_partially(spec, host, base_dir)
     try:
@@ -113,20 +117,22 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         return build_component(entry, problems)
 
     backbone = build(resolved["backbone"][0]) if resolved["backbone"] else None
-    saes = [build(entry) for entry in resolved["sae"]]
-    dataset = build(resolved["data"][0]) if resolved["data"] else None
-    attributors = {entry.label: build(entry) for entry in resolved["attributors"]}
-    metrics = {entry.label: build(entry) for entry in resolved["metrics"]}
+    built = {
+        section: [(entry.section, entry.label, build(entry)) for entry in resolved[section]]
+        for section in ("sae", "attributors", "metrics")
+    }
+    dataset = build(resolved["dataset"][0]) if resolved["dataset"] else None
+    attributors = {label: component for _, label, component in built["attributors"]}
+    metrics = {label: component for _, label, component in built["metrics"]}
+    saes = [sae for _, _, sae in built["sae"] if sae is not None]
+    rule_positions: list[list[int | None]] = []
     if backbone is not None:
         backbone = backbone.to(device=context.device, dtype=context.dtype)
-        saes = [sae.to(device=context.device, dtype=context.dtype) for sae in saes if sae is not None]
+        saes = [sae.to(device=context.device, dtype=context.dtype) for sae in saes]
         problems += _check_saes(backbone, saes, spec)
-        for j, rule in enumerate(spec.targets):
-            try:
-                fixed_position(rule.position, backbone, min((s.layer for s in saes if s.layer is not None), default=0))
-            except SpecError as exc:
-                where = f"targets[{j}].position" if len(spec.targets) > 1 else "targets.position"
-                problems.extend((where, message) for _, message in exc.problems)
+        rule_positions, found = _rule_positions(backbone, saes, spec)
+        problems += found
+        problems += _compatibility_problems(backbone, [item for items in built.values() for item in items])
     if problems:
         raise SpecError(problems)
     return RunPlan(
@@ -138,4 +144,37 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         dataset=dataset,
         attributors=attributors,
         metrics=metrics,
+        rule_positions=rule_positions,
     )
+
+
+def _compatibility_problems(backbone: Any, components: list[tuple[str, str, Any]]) -> list[tuple[str, str]]:
+    """What each component's optional ``check_compatible(backbone)`` finds, at the component's path."""
+    problems = []
+    for path, _, component in components:
+        check = getattr(component, "check_compatible", None)
+        if component is None or not callable(check):
+            continue
+        try:
+            found = check(backbone)
+        except CafeError as exc:
+            found = [str(exc)]
+        problems.extend((path, message) for message in found)
+    return problems
+
+
+def _rule_positions(backbone: Any, saes: list[Any], spec: RunSpec) -> tuple[list[list[int | None]], list]:
+    """Each rule's token index at each SAE's layer, and the problems of rules the backbone cannot serve."""
+    positions, problems = [], []
+    for sae in saes:
+        per_rule = []
+        layer = sae.layer if sae.layer is not None and 0 <= sae.layer < backbone.depth else 0  # a bad layer is reported
+        for j, rule in enumerate(spec.targets):
+            try:
+                per_rule.append(rule_position(rule.token, backbone, layer))
+            except SpecError as exc:
+                where = f"targets[{j}].token" if len(spec.targets) > 1 else "targets.token"
+                problems.extend((where, message) for _, message in exc.problems if (where, message) not in problems)
+                per_rule.append(None)
+        positions.append(per_rule)
+    return positions, problems

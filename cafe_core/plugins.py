@@ -159,13 +159,13 @@ class PluginHost:
         plugin_name = impl.plugin_name
         pending: list[tuple[tuple, dict]] = []
 
-        def register(name: str, target: Any, **options: Any) -> None:
-            pending.append(((name, target), options))
+        def register(name: str, factory: Any, **options: Any) -> None:
+            pending.append(((name, factory), options))
 
         try:
             impl.function(**{arg: register for arg in impl.argnames})
-            for (name, target), options in pending:
-                registry.add(name, target, plugin=plugin_name, **options)
+            for (name, factory), options in pending:
+                registry.add(name, factory, plugin=plugin_name, **options)
         except Exception as exc:
             self._fail(
                 PluginFailure(

@@ -1,8 +1,8 @@
 """The contracts between the core and every plugin.
 
-A *backbone* turns images into token activations, an *SAE* turns one token's activation into latents, an
-*attributor* explains one latent at one token as a heatmap over input patches, a *metric* scores such a
-heatmap, and a *dataset* yields the images. The core only ever talks to plugins through these protocols.
+A *backbone* turns images into hidden states (token vectors), an *SAE* turns one token's hidden state into
+latents, an *attributor* explains one latent at one token as a heatmap over input patches, a *metric* scores
+such a heatmap, and a *dataset* yields the images. The core only ever talks to plugins through these protocols.
 
 Token positions
 ---------------
@@ -10,10 +10,12 @@ A backbone's token sequence is ``[prefix tokens..., patch tokens...]``: ``num_pr
 (a class token, register tokens) followed by ``gh * gw`` patch tokens in row-major order. A position is an
 index into that sequence; :attr:`Backbone.prefix_tokens` names the prefix positions (``"cls"``, ``"reg0"``...).
 
-Layers
-------
+Layers and sites
+----------------
 ``layer = L`` means the output of block ``L`` (0-based, ``0 <= L < depth``). Computing it runs blocks
-``0..L`` only: never the rest of the model.
+``0..L`` only: never the rest of the model. A *site* names which activation of a layer is meant; the only one
+every backbone provides is ``"resid_post"`` (:data:`DEFAULT_SITE`), the residual stream after block ``L``,
+which is what ``forward_to`` returns. A backbone that provides others lists them in ``sites``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .geometry import layer_grid, layer_width, own_patch
 from .target import Target, TargetFunction
 
 __all__ = [
+    "DEFAULT_SITE",
     "layer_grid",
     "layer_width",
     "own_patch",
@@ -43,6 +46,9 @@ __all__ = [
     "Target",
     "TargetFunction",
 ]
+
+
+DEFAULT_SITE = "resid_post"
 
 
 @dataclass
@@ -93,7 +99,9 @@ class Backbone(Protocol):
     token grids of their own (a conv net's stages) also defines ``layer_grid(layer) -> (h, w)`` and
     ``layer_width(layer) -> int``; ``forward_to(x, layer)`` then returns
     ``[B, len(prefix_tokens) + h * w, layer_width(layer)]``. Without them every layer has ``grid_size``
-    tokens of width ``width`` (use :func:`layer_grid` and :func:`layer_width` to read either kind).
+    tokens of width ``width`` (use :func:`layer_grid` and :func:`layer_width` to read either kind). A backbone
+    that provides hidden states other than the output of a block lists their site names in ``sites``;
+    without it, ``("resid_post",)``.
     """
 
     model: torch.nn.Module
@@ -109,7 +117,7 @@ class Backbone(Protocol):
         ...
 
     def forward_to(self, x: torch.Tensor, layer: int) -> torch.Tensor:
-        """Token activations ``[B, T, D]`` at the output of block ``layer``, running blocks ``0..layer`` only."""
+        """Hidden states ``[B, T, D]`` at the output of block ``layer``, running blocks ``0..layer`` only."""
         ...
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Backbone":
@@ -124,22 +132,32 @@ class SAE(Protocol):
     Attributes
     ----------
     d_in : int
-        Width of the activations it reads (must equal the backbone's ``width``).
+        Width of the hidden states it reads (must equal the backbone's ``width``).
     d_sae : int
         Number of latents.
     layer : int or None
         The block whose output it was trained on, when known.
-    site : str
+    site : str, optional
+        Which activation of that layer it reads (default ``"resid_post"``, the output of the block); the run
+        checks that the backbone provides it.
+    tokens : str, optional
         Which tokens it was trained on: ``"patch"``, ``"cls"`` or ``"all"``.
+
+    Optional methods
+    ----------------
+    ``pre_activation_latents(h, latents) -> [N]``
+        The latents before the nonlinearity, which attributors may explain instead of the latent itself
+        (see :meth:`TargetFunction.pre_activation`).
+    ``check_compatible(backbone) -> list[str]``
+        Problems that stop it from working on ``backbone`` (see :class:`Attributor`).
     """
 
     d_in: int
     d_sae: int
     layer: int | None
-    site: str
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
-        """All latents ``[..., d_sae]`` of activations ``[..., d_in]``."""
+        """All latents ``[..., d_sae]`` of hidden states ``[..., d_in]``."""
         ...
 
     def encode_latents(self, h: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
@@ -155,9 +173,6 @@ class SAE(Protocol):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``[..., d_in]`` of latents ``[..., d_sae]``."""
         ...
-
-    # Optional: ``pre_activation_latents(h, latents) -> [N]``, the latents before the nonlinearity, which
-    # attributors may explain instead of the latent itself (see TargetFunction.pre_activation).
 
     def to(self, *args: Any, **kwargs: Any) -> "SAE":
         """Move parameters like :meth:`torch.nn.Module.to` (an SAE is usually an ``nn.Module``)."""
@@ -198,6 +213,15 @@ class Attributor(Protocol):
     conserves_relevance : bool
         Whether the heatmap sums to z minus the relevance absorbed by biases (checked by the conformance kit
         when True).
+
+    Optional methods
+    ----------------
+    ``check_compatible(backbone) -> list[str]``
+        Problems that stop it from working on ``backbone`` (an architecture it has no rules for, a missing
+        class token...), each naming the unsupported module and the fix; ``[]`` when none. ``cafe validate``
+        and ``run`` call it on every attributor, metric and SAE after building them, before any image is
+        processed. The same condition met at run time raises
+        :class:`~cafe_core.errors.IncompatibleComponentError`.
     """
 
     needs_grad: bool
@@ -250,17 +274,28 @@ class Metric(Protocol):
         checks that a strictly increasing transform of the heatmap leaves the score unchanged.
     score_range : tuple of float, optional
         Bounds every finite score lies in, checked by the conformance kit.
-    uses_annotations : bool, optional
-        True for a metric that scores against ground truth: ``evaluate`` then also receives
-        ``annotations``, the :attr:`ImageItem.info` of each row's image.
+
+    Optional methods
+    ----------------
+    ``check_compatible(backbone) -> list[str]``
+        As for :class:`Attributor`.
     """
 
     higher_is_better: bool | None
 
     def evaluate(
-        self, target: TargetFunction, x: torch.Tensor, heatmap: torch.Tensor, context: RunContext
+        self,
+        target: TargetFunction,
+        x: torch.Tensor,
+        heatmap: torch.Tensor,
+        context: RunContext,
+        annotations: Sequence[dict[str, Any]] | None = None,
     ) -> MetricResult:
-        """Score ``heatmap [B, gh, gw]`` for the rows of ``x [B, 3, H, W]`` with respect to ``target``."""
+        """Score ``heatmap [B, gh, gw]`` for the rows of ``x [B, 3, H, W]`` with respect to ``target``.
+
+        ``annotations`` holds the :attr:`ImageItem.info` of each row's image (a run always passes it); a
+        metric that scores against ground truth reads it, the others ignore it.
+        """
         ...
 
 

@@ -1,4 +1,9 @@
-"""Name -> component resolution for one kind of component (backbones, SAEs, attributors, metrics, datasets)."""
+"""Name -> component resolution for one kind of component (backbones, SAEs, attributors, metrics, datasets).
+
+Names used here: a component's *factory* is what builds it (a class or function, or a lazy ``"module:attr"``
+reference to one); its *params model* is the pydantic class that declares and validates its params; its
+*params* are the validated values the factory is called with.
+"""
 
 from __future__ import annotations
 
@@ -38,38 +43,38 @@ class Registration:
     ----------
     kind, name : str
         What it is and the name specs use.
-    target : callable or str
-        The factory, or a lazy ``"module:attr"`` reference to it.
-    params : type[pydantic.BaseModel]
-        The parameter model (unknown keys forbidden).
+    factory : callable or str
+        What builds the component, or a lazy ``"module:attr"`` reference to it.
+    params_model : type[pydantic.BaseModel]
+        The params model (unknown keys forbidden).
     plugin : str
         Name of the plugin that registered it.
     """
 
     kind: str
     name: str
-    target: Any
-    params: type[BaseModel]
+    factory: Any
+    params_model: type[BaseModel]
     plugin: str
     aliases: tuple[str, ...] = ()
     description: str = ""
-    _factory: Callable[..., Any] | None = field(default=None, repr=False)
+    _loaded: Callable[..., Any] | None = field(default=None, repr=False)
 
-    def factory(self) -> Callable[..., Any]:
-        """The callable that builds the component, importing its module on first use."""
-        if self._factory is None:
-            self._factory = _resolve(self.target, f"{self.kind} {self.name!r} of plugin {self.plugin!r}")
-        return self._factory
+    def load(self) -> Callable[..., Any]:
+        """The factory itself, importing its module on first use."""
+        if self._loaded is None:
+            self._loaded = _resolve(self.factory, f"{self.kind} {self.name!r} of plugin {self.plugin!r}")
+        return self._loaded
 
     def validate(self, raw: dict[str, Any]) -> BaseModel:
         """Validate raw params (raises :class:`pydantic.ValidationError`)."""
-        return self.params.model_validate(raw)
+        return self.params_model.model_validate(raw)
 
     def build(self, params: BaseModel | dict[str, Any] | None = None) -> Any:
         """Build the component from (raw or validated) params."""
         if not isinstance(params, BaseModel):
             params = self.validate(params or {})
-        factory = self.factory()
+        factory = self.load()
         kwargs = {name: getattr(params, name) for name in type(params).model_fields}
         try:
             return factory(**kwargs)
@@ -88,19 +93,19 @@ def _is_cafe_error(exc: BaseException) -> bool:
     return isinstance(exc, CafeError)
 
 
-def _resolve(target: Any, what: str) -> Callable[..., Any]:
-    if not isinstance(target, str):
-        return target
-    module_name, _, attr_path = target.partition(":")
+def _resolve(factory: Any, what: str) -> Callable[..., Any]:
+    if not isinstance(factory, str):
+        return factory
+    module_name, _, attr_path = factory.partition(":")
     if not attr_path:
-        raise ComponentLoadError(f"{what}: lazy target {target!r} must look like 'module:attr'")
+        raise ComponentLoadError(f"{what}: lazy factory {factory!r} must look like 'module:attr'")
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr_path.split("."):
             obj = getattr(obj, part)
     except Exception as exc:
         raise ComponentLoadError(
-            f"{what}: cannot import {target!r} ({type(exc).__name__}: {exc}); "
+            f"{what}: cannot import {factory!r} ({type(exc).__name__}: {exc}); "
             "reinstall the plugin or check that its dependencies are installed"
         ) from exc
     return obj
@@ -129,7 +134,7 @@ class Registry:
     def add(
         self,
         name: str,
-        target: Any,
+        factory: Any,
         *,
         plugin: str,
         params: type[BaseModel] | None = None,
@@ -142,8 +147,8 @@ class Registry:
         registration = Registration(
             kind=self.kind,
             name=name,
-            target=target,
-            params=_forbid_extra(params),
+            factory=factory,
+            params_model=_forbid_extra(params),
             plugin=plugin,
             aliases=tuple(aliases),
             description=description,

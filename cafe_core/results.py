@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from .records import TargetKey
 from .store import RunStore
 
 __all__ = ["Results"]
-
-_KEY = ("image_id", "layer", "latent", "position")
 
 
 class Results:
@@ -34,10 +33,32 @@ class Results:
     def __init__(self, directory: str | pathlib.Path) -> None:
         self.directory = pathlib.Path(directory)
         with RunStore.open_existing(self.directory) as store:
-            self.rows = store.score_rows()
-            self.targets = store.target_rows()
-            self.heatmap_index = store.heatmap_rows()
+            targets = store.targets()
+            scores = store.scores()
+            heatmaps = store.heatmap_records(arrays=False)
             self.higher_is_better: dict[str, bool] = store.get_meta("higher_is_better") or {}
+        self.targets = [
+            {**vars(t.key), "position_name": t.position_name, "activation": t.activation, "status": t.status}
+            for t in targets
+        ]
+        by_key = {t.key: t for t in targets}
+        self.rows = [
+            {
+                **vars(s.key),
+                "position_name": by_key[s.key].position_name,
+                "activation": by_key[s.key].activation,
+                "attributor": s.attributor,
+                "metric": s.metric,
+                "score": s.score,
+                **{f"info.{k}": v for k, v in s.info.items()},
+            }
+            for s in scores
+            if s.key in by_key
+        ]
+        self.heatmap_index = [
+            {**vars(h.key), "attributor": h.attributor, **{f"info.{k}": v for k, v in h.info.items()}}
+            for h in heatmaps
+        ]
 
     @classmethod
     def load(cls, directory: str | pathlib.Path) -> "Results":
@@ -53,7 +74,7 @@ class Results:
     def heatmap(self, image_id: str, layer: int, latent: int, position: int, attributor: str) -> np.ndarray:
         """The heatmap ``[gh, gw]`` of one target and attributor."""
         with RunStore.open_existing(self.directory) as store:
-            found = store.heatmap((image_id, layer, latent, position), attributor)
+            found = store.heatmap(TargetKey(image_id, layer, latent, position), attributor)
         if found is None:
             raise KeyError(f"no heatmap for {(image_id, layer, latent, position)} by {attributor!r}")
         return found
@@ -63,7 +84,7 @@ class Results:
     ) -> dict[str, np.ndarray | None]:
         """``{"curve", "raw_curve", "fractions"}`` of one score."""
         with RunStore.open_existing(self.directory) as store:
-            found = store.curve((image_id, layer, latent, position), attributor, metric)
+            found = store.curve(TargetKey(image_id, layer, latent, position), attributor, metric)
         if found is None:
             raise KeyError(f"no {metric!r} curve for {(image_id, layer, latent, position)} by {attributor!r}")
         return found

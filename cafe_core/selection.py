@@ -8,56 +8,42 @@ with the results.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from .errors import SpecError
-from .protocols import Target, layer_grid
+from .geometry import layer_grid
+from .records import TargetKey, TargetRecord
 
-__all__ = ["SelectedTarget", "fixed_position", "position_name", "select_targets"]
-
-
-@dataclass(frozen=True)
-class SelectedTarget:
-    """A target chosen on one image, with the latent's value there.
-
-    ``status`` is ``"explained"`` or ``"inactive"`` (value at most ``min_activation``: nothing to explain).
-    """
-
-    image_row: int
-    target: Target
-    position_name: str
-    activation: float
-    status: str
+__all__ = ["rule_position", "position_name", "select_targets"]
 
 
-def fixed_position(position: int | str, backbone: Any, layer: int = 0) -> int | None:
-    """Sequence index of a fixed position spec, or ``None`` for ``"argmax"``.
+def rule_position(token: int | str, backbone: Any, layer: int = 0) -> int | None:
+    """The position in the token sequence that a rule's ``token`` names, or ``None`` for ``"argmax"``.
 
     Raises
     ------
     SpecError
-        For a prefix token the backbone does not have, or an index past the sequence.
+        For a prefix token the backbone does not have, or a position past the sequence.
     """
     prefixes = tuple(backbone.prefix_tokens)
     gh, gw = layer_grid(backbone, layer)
     n_tokens = len(prefixes) + gh * gw
-    if position == "argmax":
+    if token == "argmax":
         return None
-    if isinstance(position, str):
-        if position in prefixes:
-            return prefixes.index(position)
+    if isinstance(token, str):
+        if token in prefixes:
+            return prefixes.index(token)
         available = ", ".join(repr(p) for p in ("argmax", *prefixes))
         raise SpecError(
-            [("targets.position", f"this backbone has no {position!r} token; use one of {available} or an index")]
+            [("targets.token", f"this backbone has no {token!r} token; use one of {available} or a position")]
         )
-    if not 0 <= position < n_tokens:
+    if not 0 <= token < n_tokens:
         raise SpecError(
-            [("targets.position", f"index {position} is past the {n_tokens} tokens of this backbone (0..{n_tokens - 1})")]
+            [("targets.token", f"position {token} is past the {n_tokens} tokens of this backbone (0..{n_tokens - 1})")]
         )
-    return int(position)
+    return int(token)
 
 
 def position_name(position: int, backbone: Any, layer: int = 0) -> str:
@@ -82,10 +68,10 @@ def select_targets(
     latents: Sequence[int] | None,
     select: str | None,
     count: int | None,
-    position: int | str,
+    position: int | None,
     min_activation: float,
     seed: int,
-) -> list[SelectedTarget]:
+) -> list[TargetRecord]:
     """Pick the targets of a batch of images from their SAE codes.
 
     Parameters
@@ -95,25 +81,28 @@ def select_targets(
     image_ids : sequence of str
         Identifiers of the ``B`` images (they seed the ``"random"`` rule, so a draw does not depend on
         batching).
-    latents, select, count, position, min_activation
+    latents, select, count, min_activation
         The ``[targets]`` section of the spec.
+    position : int or None
+        The rule's token as resolved by :func:`rule_position` (``None`` for ``"argmax"``: each latent's top
+        patch token).
     seed : int
         Run seed.
 
     Returns
     -------
-    list of SelectedTarget
+    list of TargetRecord
         Explicit latents are all returned (inactive ones flagged); ``select`` rules return active ones only.
     """
     n_prefix = len(backbone.prefix_tokens)
-    fixed = fixed_position(position, backbone, layer)
+    fixed = position
     if fixed is None:
         per_latent, argmax = codes[:, n_prefix:, :].max(dim=1)
         positions = argmax + n_prefix
     else:
         per_latent = codes[:, fixed, :]
         positions = torch.full_like(per_latent, fixed, dtype=torch.long)
-    chosen: list[SelectedTarget] = []
+    chosen: list[TargetRecord] = []
     for b, image_id in enumerate(image_ids):
         values = per_latent[b]
         if latents is not None:
@@ -133,9 +122,8 @@ def select_targets(
             value = float(values[column])
             pos = int(positions[b, column])
             chosen.append(
-                SelectedTarget(
-                    image_row=b,
-                    target=Target(layer, int(latent), pos),
+                TargetRecord(
+                    key=TargetKey(image_id, layer, int(latent), pos),
                     position_name=position_name(pos, backbone, layer),
                     activation=value,
                     status="explained" if value > min_activation else "inactive",

@@ -7,64 +7,61 @@ The store is the only state shared between workers, which is what lets an execut
 
 from __future__ import annotations
 
-import io
 import json
 import pathlib
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .errors import CafeError
+from .records import KEY_FIELDS, HeatmapRecord, ScoreRecord, TargetKey, TargetRecord, UnitResult
+from .store_schema import HEATMAPS, SCORES, TARGETS, decode_array
 
-__all__ = ["RunStore", "RunDirectoryError", "encode_array", "decode_array"]
+__all__ = ["RunStore", "RunDirectoryError", "StoredWork"]
 
 DB_NAME = "run.db"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS targets (
-    image_id TEXT, layer INTEGER, latent INTEGER, position INTEGER,
-    position_name TEXT, activation REAL, status TEXT,
-    PRIMARY KEY (image_id, layer, latent, position));
-CREATE TABLE IF NOT EXISTS heatmaps (
-    image_id TEXT, layer INTEGER, latent INTEGER, position INTEGER, attributor TEXT,
-    heatmap BLOB, info TEXT,
-    PRIMARY KEY (image_id, layer, latent, position, attributor));
-CREATE TABLE IF NOT EXISTS scores (
-    image_id TEXT, layer INTEGER, latent INTEGER, position INTEGER, attributor TEXT, metric TEXT,
-    score REAL, curve BLOB, raw_curve BLOB, fractions BLOB, info TEXT,
-    PRIMARY KEY (image_id, layer, latent, position, attributor, metric));
-CREATE TABLE IF NOT EXISTS units (unit TEXT PRIMARY KEY, finished REAL);
-"""
+_SCHEMA = ";\n".join(
+    [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        TARGETS.create,
+        HEATMAPS.create,
+        SCORES.create,
+        "CREATE TABLE IF NOT EXISTS units (unit TEXT PRIMARY KEY, finished REAL)",
+    ]
+)
+_KEY_MATCH = " AND ".join(f"{name} = ?" for name in KEY_FIELDS)
 
 
 class RunDirectoryError(CafeError):
     """The run directory cannot be used for this run."""
 
 
-def encode_array(array: Any) -> bytes | None:
-    """Serialise an array (or tensor) to ``.npy`` bytes; ``None`` stays ``None``."""
-    if array is None:
-        return None
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(array), allow_pickle=False)
-    return buffer.getvalue()
+@dataclass
+class StoredWork:
+    """What the store already holds for some images.
 
+    Attributes
+    ----------
+    heatmaps : set of (TargetKey, str)
+        ``(target, attributor)`` of every stored heatmap.
+    scored : dict
+        The metrics already scored for each ``(target, attributor)`` that has scores.
+    """
 
-def decode_array(blob: bytes | None) -> np.ndarray | None:
-    """Inverse of :func:`encode_array`."""
-    if blob is None:
-        return None
-    return np.load(io.BytesIO(blob), allow_pickle=False)
+    heatmaps: set[tuple[TargetKey, str]] = field(default_factory=set)
+    scored: dict[tuple[TargetKey, str], set[str]] = field(default_factory=dict)
 
+    def missing_metrics(self, key: TargetKey, attributor: str, metrics: Iterable[str]) -> set[str]:
+        """The metrics of ``metrics`` not yet scored for this target and attributor."""
+        return set(metrics) - self.scored.get((key, attributor), set())
 
-def _float_or_none(value: Any) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
+    def has_heatmap(self, key: TargetKey, attributor: str) -> bool:
+        """Whether this target's heatmap by this attributor is stored."""
+        return (key, attributor) in self.heatmaps
 
 
 class RunStore:
@@ -122,126 +119,70 @@ class RunStore:
         """Keys of the work units already complete."""
         return {row[0] for row in self._db.execute("SELECT unit FROM units")}
 
-    def stored_work(self, image_ids: Sequence[str]) -> tuple[set[tuple], dict[tuple, set[str]]]:
-        """What is already stored for these images, in two queries.
-
-        Returns
-        -------
-        heatmaps : set of tuple
-            ``(image_id, layer, latent, position, attributor)`` of every stored heatmap.
-        scored : dict
-            The metrics already scored for each such key that has scores.
-        """
+    def stored_work(self, image_ids: Sequence[str]) -> StoredWork:
+        """What is already stored for these images (two queries)."""
         marks = ",".join("?" * len(image_ids))
-        columns = "image_id, layer, latent, position, attributor"
-        heatmaps = {
-            tuple(row)
-            for row in self._db.execute(f"SELECT {columns} FROM heatmaps WHERE image_id IN ({marks})", list(image_ids))
-        }
-        scored: dict[tuple, set[str]] = {}
-        for *key, metric in self._db.execute(
-            f"SELECT {columns}, metric FROM scores WHERE image_id IN ({marks})", list(image_ids)
+        keys = ", ".join(KEY_FIELDS)
+        n = len(KEY_FIELDS)
+        stored = StoredWork()
+        for row in self._db.execute(
+            f"SELECT {keys}, attributor FROM heatmaps WHERE image_id IN ({marks})", list(image_ids)
         ):
-            scored.setdefault(tuple(key), set()).add(metric)
-        return heatmaps, scored
+            stored.heatmaps.add((TargetKey(*row[:n]), row[n]))
+        for row in self._db.execute(
+            f"SELECT {keys}, attributor, metric FROM scores WHERE image_id IN ({marks})", list(image_ids)
+        ):
+            stored.scored.setdefault((TargetKey(*row[:n]), row[n]), set()).add(row[n + 1])
+        return stored
 
-    def heatmap(self, key: tuple, attributor: str) -> np.ndarray | None:
+    def heatmap(self, key: TargetKey, attributor: str) -> np.ndarray | None:
         """A stored heatmap ``[gh, gw]``, or ``None``."""
         row = self._db.execute(
-            "SELECT heatmap FROM heatmaps WHERE image_id=? AND layer=? AND latent=? AND position=? AND attributor=?",
-            (*key, attributor),
+            f"SELECT heatmap FROM heatmaps WHERE {_KEY_MATCH} AND attributor = ?", (*key.as_tuple(), attributor)
         ).fetchone()
         return decode_array(row[0]) if row else None
 
     # -- writes ---------------------------------------------------------------------------------------
-    def write_batch(
-        self,
-        *,
-        targets: Iterable[tuple] = (),
-        heatmaps: Iterable[tuple] = (),
-        scores: Iterable[tuple] = (),
-        unit: str | None = None,
-    ) -> None:
-        """Write one batch of rows in a single transaction.
+    def write(self, result: UnitResult) -> None:
+        """Write (a piece of) a unit's result in a single transaction.
 
-        Parameters
-        ----------
-        targets : iterable of (image_id, layer, latent, position, position_name, activation, status)
-        heatmaps : iterable of (image_id, layer, latent, position, attributor, heatmap, info dict)
-        scores : iterable of (image_id, layer, latent, position, attributor, metric, score, curve,
-            raw_curve, fractions, info dict)
-        unit : str, optional
-            Mark this work unit finished in the same transaction.
+        A target already stored is kept as it is; a heatmap or score is replaced. A ``complete`` result marks
+        its unit finished in the same transaction.
         """
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO targets VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*t[:5], _float_or_none(t[5]), t[6]) for t in targets],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO heatmaps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*h[:5], encode_array(h[5]), json.dumps(h[6])) for h in heatmaps],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (*s[:6], _float_or_none(s[6]), *(encode_array(a) for a in s[7:10]), json.dumps(s[10]))
-                    for s in scores
-                ],
-            )
-            if unit is not None:
-                self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (unit, time.time()))
+            self._db.executemany(f"INSERT OR IGNORE {TARGETS.insert}", [TARGETS.to_row(r) for r in result.targets])
+            self._db.executemany(f"INSERT OR REPLACE {HEATMAPS.insert}", [HEATMAPS.to_row(r) for r in result.heatmaps])
+            self._db.executemany(f"INSERT OR REPLACE {SCORES.insert}", [SCORES.to_row(r) for r in result.scores])
+            if result.complete:
+                self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (result.unit, time.time()))
 
     # -- reads ----------------------------------------------------------------------------------------
-    def target_rows(self) -> list[dict[str, Any]]:
-        """Every target considered, explained or not (``status`` says which)."""
-        cursor = self._db.execute("SELECT * FROM targets ORDER BY image_id, layer, latent, position")
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor]
+    def targets(self) -> list[TargetRecord]:
+        """Every target considered, explained or not."""
+        order = ", ".join(KEY_FIELDS)
+        cursor = self._db.execute(f"SELECT {', '.join(TARGETS.columns)} FROM targets ORDER BY {order}")
+        return [TARGETS.from_row(row) for row in cursor]
 
-    def score_rows(self) -> list[dict[str, Any]]:
-        """The tidy table: one row per (image, target, attributor, metric)."""
-        cursor = self._db.execute(
-            """SELECT s.image_id, s.layer, s.latent, s.position, t.position_name, t.activation,
-                      s.attributor, s.metric, s.score, s.info
-               FROM scores s JOIN targets t USING (image_id, layer, latent, position)
-               ORDER BY s.image_id, s.layer, s.latent, s.position, s.attributor, s.metric"""
-        )
-        rows = []
-        for row in cursor:
-            *head, info = row
-            record = dict(
-                zip(
-                    ["image_id", "layer", "latent", "position", "position_name", "activation", "attributor",
-                     "metric", "score"],
-                    head,
-                )
-            )
-            record["score"] = float("nan") if record["score"] is None else record["score"]
-            record.update({f"info.{k}": v for k, v in json.loads(info).items()})
-            rows.append(record)
-        return rows
+    def scores(self) -> list[ScoreRecord]:
+        """Every score, with its curves."""
+        order = ", ".join(SCORES.primary_key)
+        cursor = self._db.execute(f"SELECT {', '.join(SCORES.columns)} FROM scores ORDER BY {order}")
+        return [SCORES.from_row(row) for row in cursor]
 
-    def curve(self, key: tuple, attributor: str, metric: str) -> dict[str, np.ndarray | None] | None:
+    def heatmap_records(self, *, arrays: bool = True) -> list[HeatmapRecord]:
+        """Every stored heatmap (with ``arrays=False``, keys and info only: each ``heatmap`` is ``None``)."""
+        columns = [c if c != "heatmap" or arrays else "NULL" for c in HEATMAPS.columns]
+        order = ", ".join(HEATMAPS.primary_key)
+        cursor = self._db.execute(f"SELECT {', '.join(columns)} FROM heatmaps ORDER BY {order}")
+        return [HEATMAPS.from_row(row) for row in cursor]
+
+    def curve(self, key: TargetKey, attributor: str, metric: str) -> dict[str, np.ndarray | None] | None:
         """The stored curve, raw curve and fractions of one score, or ``None``."""
         row = self._db.execute(
-            """SELECT curve, raw_curve, fractions FROM scores WHERE image_id=? AND layer=? AND latent=?
-               AND position=? AND attributor=? AND metric=?""",
-            (*key, attributor, metric),
+            f"SELECT curve, raw_curve, fractions FROM scores WHERE {_KEY_MATCH} AND attributor = ? AND metric = ?",
+            (*key.as_tuple(), attributor, metric),
         ).fetchone()
         if row is None:
             return None
         return dict(zip(("curve", "raw_curve", "fractions"), map(decode_array, row)))
-
-    def heatmap_rows(self) -> list[dict[str, Any]]:
-        """Keys and info of every stored heatmap (the arrays via :meth:`heatmap`)."""
-        cursor = self._db.execute(
-            "SELECT image_id, layer, latent, position, attributor, info FROM heatmaps "
-            "ORDER BY image_id, layer, latent, position, attributor"
-        )
-        return [
-            {"image_id": r[0], "layer": r[1], "latent": r[2], "position": r[3], "attributor": r[4],
-             **{f"info.{k}": v for k, v in json.loads(r[5]).items()}}
-            for r in cursor
-        ]

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .context import RunContext
+from .records import Target
 
 if TYPE_CHECKING:
     from .protocols import SAE, Backbone
 
 __all__ = ["Target", "TargetFunction"]
-
-
-@dataclass(frozen=True, order=True)
-class Target:
-    """One thing to explain: latent ``latent`` of the SAE at ``layer``, read at token ``position``."""
-
-    layer: int
-    latent: int
-    position: int
 
 
 class TargetFunction:
@@ -78,11 +69,11 @@ class TargetFunction:
         return [Target(self.layer, int(n), int(k)) for n, k in zip(self.latents, self.positions)]
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Token activations ``[B, T, D]`` at the SAE's layer."""
+        """Hidden states ``[B, T, D]`` at the SAE's layer."""
         return self.backbone.forward_to(x, self.layer)
 
     def from_tokens(self, h: torch.Tensor) -> torch.Tensor:
-        """``z [B]`` from token activations ``[B, T, D]`` (row ``i`` reads token ``positions[i]``)."""
+        """``z [B]`` from hidden states ``[B, T, D]`` (row ``i`` reads token ``positions[i]``)."""
         rows = torch.arange(h.shape[0], device=h.device)
         picked = h[rows, self.positions.to(h.device)]
         return self.sae.encode_latents(picked, self.latents.to(h.device))
@@ -102,7 +93,7 @@ class TargetFunction:
         return self.select(torch.arange(copies * len(self)) % len(self))
 
     def pre_activation_from_tokens(self, h: torch.Tensor) -> torch.Tensor:
-        """The latents' pre-activations ``[B]`` (before the SAE's nonlinearity) from tokens ``[B, T, D]``.
+        """The latents' pre-activations ``[B]`` (before the SAE's nonlinearity) from hidden states ``[B, T, D]``.
 
         Raises
         ------

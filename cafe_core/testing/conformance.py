@@ -121,21 +121,16 @@ def check_metric(
     Rules: a :class:`MetricResult` with a ``[B]`` score, finite except where undefined (NaN); curves
     ``[B, S]`` over non-decreasing ``fractions`` in ``[0, 1]``; ``higher_is_better`` True, False or None; determinism;
     batch invariance; scores inside ``metric.score_range`` when declared; and, for a metric declaring
-    ``ranking_based = True``, the same score for any strictly increasing transform of the heatmap. A metric
-    with ``uses_annotations = True`` receives ``annotations`` (one ``ImageItem.info`` per row).
+    ``ranking_based = True``, the same score for any strictly increasing transform of the heatmap. Every call
+    passes ``annotations`` (one ``ImageItem.info`` per row; empty dicts when not given), as a run does.
     """
     context = context or RunContext(batch_size=max(1, len(x)))
     problems = []
-    if getattr(metric, "uses_annotations", False):
-        given = annotations if annotations is not None else [{} for _ in range(len(x))]
+    given = annotations if annotations is not None else [{} for _ in range(len(x))]
 
-        def evaluate(t, xs, h, c, rows=None):
-            picked = given if rows is None else [given[i] for i in rows]
-            return metric.evaluate(t, xs, h, c, annotations=picked)
-    else:
-
-        def evaluate(t, xs, h, c, rows=None):
-            return metric.evaluate(t, xs, h, c)
+    def evaluate(t, xs, h, c, rows=None):
+        picked = given if rows is None else [given[i] for i in rows]
+        return metric.evaluate(t, xs, h, c, annotations=picked)
 
     if not hasattr(metric, "higher_is_better") or metric.higher_is_better not in (True, False, None):
         problems.append("`higher_is_better` missing or not True, False or None")
@@ -217,7 +212,7 @@ def check_backbone(backbone: Any, x: torch.Tensor) -> dict[int, torch.Tensor]:
 
 
 def check_sae(sae: Any, h: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-6) -> torch.Tensor:
-    """Check an SAE on activations ``h [N, d_in]``.
+    """Check an SAE on hidden states ``h [N, d_in]``.
 
     Rules: ``encode`` gives ``[N, d_sae]``, ``decode`` gives ``[N, d_in]``; ``encode_latents(h, n)`` equals
     ``encode(h)[i, n_i]`` and so does its gradient with respect to ``h``.

@@ -1,4 +1,4 @@
-"""Name resolution: did-you-mean, conflicts, lazy targets, params validation."""
+"""Name resolution: did-you-mean, conflicts, lazy factories, params validation."""
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -78,14 +78,14 @@ def test_component_without_params_rejects_any_param():
         reg.validate({"anything": 1})
 
 
-def test_lazy_target_imports_only_when_built():
+def test_lazy_factory_imports_only_when_built():
     registry = Registry("attributor")
-    reg = registry.add("lazy", "collections:OrderedDict", plugin="p")
-    assert reg._factory is None
-    assert reg.factory().__name__ == "OrderedDict"
+    reg = registry.add("lazy", "no_such_module_xyz:Thing", plugin="p")  # registering imports nothing
+    assert reg.factory == "no_such_module_xyz:Thing"
+    assert registry.add("ordered", "collections:OrderedDict", plugin="p").load().__name__ == "OrderedDict"
 
 
-def test_lazy_target_that_cannot_import_names_the_component_and_fix():
+def test_lazy_factory_that_cannot_import_names_the_component_and_fix():
     registry = Registry("attributor")
     reg = registry.add("ghost", "no_such_module_xyz:Thing", plugin="ghost-plugin")
     with pytest.raises(ComponentLoadError, match="attributor 'ghost' of plugin 'ghost-plugin'.*reinstall"):

@@ -23,8 +23,8 @@ def test_every_vit_attributor_on_one_patch_and_one_class_token_target(tmp_path):
     spec = {
         "backbone": {"name": "toy_vit"},
         "sae": [{"name": "toy_sae", "layer": 3}, {"name": "toy_sae", "layer": 3, "site": "cls"}],
-        "data": {"name": "shapes", "size": 1, "seed": 4},
-        "targets": {"select": "top", "count": 1, "position": "argmax"},
+        "dataset": {"name": "shapes", "size": 1, "seed": 4},
+        "targets": {"select": "top", "count": 1, "token": "argmax"},
         "attributors": attributors,
         "metrics": [{"name": "insertion", "steps": 4}, {"name": "deletion", "steps": 4}],
         "run": {"batch_size": 8, "device": "cpu"},
@@ -32,7 +32,7 @@ def test_every_vit_attributor_on_one_patch_and_one_class_token_target(tmp_path):
     results = cafe_core.run(spec, tmp_path / "patch")
     assert len(results.rows) == 2 * len(VIT_ATTRIBUTORS) * 2  # one target per SAE
     spec["sae"] = {"name": "toy_sae", "layer": 3, "site": "cls"}
-    spec["targets"]["position"] = "cls"
+    spec["targets"]["token"] = "cls"
     results = cafe_core.run(spec, tmp_path / "cls")
     assert {r["position_name"] for r in results.rows} == {"cls"}
     assert {(r["attributor"], r["metric"]) for r in results.rows} == {
@@ -45,7 +45,7 @@ def test_every_conv_attributor_runs_on_a_resnet_stage(tmp_path):
         "backbone": {"name": "timm_conv", "model": "resnet18", "img_size": 64,
                      "model_kwargs": {"channels": [8, 16, 24, 32], "layers": [1, 1, 1, 1]}, "patch_size": 16},
         "sae": {"name": "random", "d_in": 24, "d_sae": 48, "layer": 2},
-        "data": {"name": "shapes", "size": 2, "image_size": 64},
+        "dataset": {"name": "shapes", "size": 2, "image_size": 64},
         "targets": {"select": "top", "count": 1},
         "attributors": [{"name": name} for name in CONV_ATTRIBUTORS],
         "metrics": [{"name": "insertion", "steps": 4}, {"name": "deletion", "steps": 4}],

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def write_spec(path, spec):
     lines = []
-    for section in ("backbone", "sae", "data", "targets", "run"):
+    for section in ("backbone", "sae", "dataset", "targets", "run"):
         lines.append(f"[{section}]")
         lines += [f"{key} = {toml_value(value)}" for key, value in spec[section].items()]
     for section in ("attributors", "metrics"):

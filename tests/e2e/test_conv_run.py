@@ -12,7 +12,7 @@ def test_run_on_an_inner_stage_of_a_resnet(tmp_path):
         "backbone": {"name": "timm_conv", "model": "resnet18", "img_size": 64,
                      "model_kwargs": {"channels": [8, 16, 24, 32], "layers": [1, 1, 1, 1]}, "patch_size": 16},
         "sae": {"name": "random", "d_in": 16, "d_sae": 64, "layer": 1},  # stage 1: 8x8 tokens of width 16
-        "data": {"name": "shapes", "size": 3, "image_size": 64},
+        "dataset": {"name": "shapes", "size": 3, "image_size": 64},
         "targets": {"select": "top", "count": 2},
         "attributors": [{"name": "lrp_epsilon_plus"}, {"name": "gradient_x_input"}],
         "metrics": [{"name": "own_patch_share"}, {"name": "insertion", "steps": 4}],

@@ -14,7 +14,7 @@ QUICKSTART = pathlib.Path(__file__).resolve().parents[2] / "examples" / "quickst
 
 def test_quickstart_runs_on_two_images(tmp_path):
     raw, _ = read_spec_source(QUICKSTART)
-    raw["data"]["size"] = 2
+    raw["dataset"]["size"] = 2
     for attributor in raw["attributors"]:
         if attributor["name"] == "integrated_gradients":
             attributor["n_steps"] = 4

@@ -43,7 +43,7 @@ def test_top_selection_and_argmax_position_match_an_independent_forward(spec_dic
     backbone = host.registry("backbone").get("timm").build(
         {k: v for k, v in spec_dict["backbone"].items() if k != "name"}
     )
-    dataset = host.registry("dataset").get("folder").build({"path": spec_dict["data"]["path"]})
+    dataset = host.registry("dataset").get("folder").build({"path": spec_dict["dataset"]["path"]})
     item = dataset[1]
     x = backbone.preprocess([item.image])
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, embed_dim=32, num_heads=2)
@@ -75,7 +75,7 @@ def test_stored_heatmap_equals_an_independent_gradient_times_input(spec_dict, tm
         {k: v for k, v in spec_dict["backbone"].items() if k != "name"}
     )
     sae = host.registry("sae").get("relu").build({"path": str(assets / "sae.safetensors")})
-    dataset = host.registry("dataset").get("folder").build({"path": spec_dict["data"]["path"]})
+    dataset = host.registry("dataset").get("folder").build({"path": spec_dict["dataset"]["path"]})
     image = next(item.image for item in dataset if item.image_id == row["image_id"])
     x = backbone.preprocess([image]).requires_grad_(True)
     z = TargetFunction(backbone, sae, 1, [row["latent"]], [row["position"]])(x)
@@ -146,9 +146,9 @@ def test_each_metric_scores_the_heatmaps_of_every_attributor_in_one_call_per_chu
         def __init__(self):
             super().__init__(steps=2)
 
-        def evaluate(self, target, x, heatmap, context):
+        def evaluate(self, target, x, heatmap, context, annotations=None):
             calls.append(len(x))
-            return super().evaluate(target, x, heatmap, context)
+            return super().evaluate(target, x, heatmap, context, annotations)
 
     @hookimpl
     def cafe_register_metrics(register):
@@ -164,7 +164,7 @@ def test_each_metric_scores_the_heatmaps_of_every_attributor_in_one_call_per_chu
     backbone_params = {k: v for k, v in spec_dict["backbone"].items() if k != "name"}
     backbone = host.registry("backbone").get("timm").build(backbone_params)
     sae = host.registry("sae").get("relu").build({"path": spec_dict["sae"]["path"]})
-    folder = host.registry("dataset").get("folder").build({"path": spec_dict["data"]["path"]})
+    folder = host.registry("dataset").get("folder").build({"path": spec_dict["dataset"]["path"]})
     dataset = {item.image_id: item.image for item in folder}
 
     for row in results.rows:  # each score equals the metric on that heatmap alone
@@ -199,7 +199,7 @@ def test_a_different_spec_cannot_reuse_a_run_directory(spec_dict, tmp_path):
 
 
 def test_explicit_latents_at_the_class_token_record_inactive_targets(spec_dict, tmp_path):
-    spec_dict["targets"] = {"latents": [0, 5, 17], "position": "cls"}
+    spec_dict["targets"] = {"latents": [0, 5, 17], "token": "cls"}
     results = cafe_core.run(spec_dict, tmp_path / "run")
     assert len(results.targets) == 5 * 3
     assert {t["position"] for t in results.targets} == {0}
@@ -212,18 +212,18 @@ def test_explicit_latents_at_the_class_token_record_inactive_targets(spec_dict, 
 
 def test_semantic_errors_are_reported_together_with_their_paths(spec_dict):
     spec_dict["sae"]["layer"] = 7
-    spec_dict["data"]["path"] = spec_dict["data"]["path"] + "-missing"
+    spec_dict["dataset"]["path"] = spec_dict["dataset"]["path"] + "-missing"
     with pytest.raises(SpecError) as info:
         cafe_core.run(spec_dict)
-    assert [p for p, _ in info.value.problems] == ["data.path", "sae"]
+    assert [p for p, _ in info.value.problems] == ["dataset.path", "sae"]
     assert "trained on layer 1" in str(info.value)
     spec_dict["sae"].pop("layer")
-    spec_dict["data"]["path"] = spec_dict["data"]["path"].removesuffix("-missing")
-    spec_dict["targets"] = {"latents": [3, 500], "position": "reg0"}
+    spec_dict["dataset"]["path"] = spec_dict["dataset"]["path"].removesuffix("-missing")
+    spec_dict["targets"] = {"latents": [3, 500], "token": "reg0"}
     with pytest.raises(SpecError) as info:
         cafe_core.run(spec_dict)
     paths = [p for p, _ in info.value.problems]
-    assert paths == ["targets.latents", "targets.position"]
+    assert paths == ["targets.latents", "targets.token"]
     assert "latents [500] do not exist in an SAE of 96 latents" in str(info.value)
     assert "no 'reg0' token; use one of 'argmax', 'cls'" in str(info.value)
 
@@ -242,7 +242,7 @@ def test_sae_of_another_width_is_rejected(spec_dict, tmp_path):
 
     save(ReluSAE.random_init(48, 96, seed=1, layer=1), tmp_path / "wide.safetensors")
     spec_dict["sae"] = {"name": "relu", "path": str(tmp_path / "wide.safetensors")}
-    with pytest.raises(SpecError, match="reads 48-dim activations but the backbone's tokens are 32-dim"):
+    with pytest.raises(SpecError, match="reads 48-dim hidden states but the backbone's tokens are 32-dim"):
         cafe_core.run(spec_dict)
 
 
@@ -250,7 +250,7 @@ def test_several_target_rules_are_united_without_duplicates(spec_dict, tmp_path)
     spec_dict["targets"] = [
         {"select": "top", "count": 2},
         {"select": "top", "count": 3},  # overlaps the first rule on its two latents
-        {"latents": [7], "position": "cls"},
+        {"latents": [7], "token": "cls"},
     ]
     spec_dict["attributors"] = [{"name": "activation_map"}]
     results = cafe_core.run(spec_dict, tmp_path / "run")

@@ -4,7 +4,8 @@ import pytest
 
 from cafe_core.errors import SpecError
 from cafe_core.plugins import PluginHost
-from cafe_core.spec import load_spec, resolve
+from cafe_core.resolve import resolve
+from cafe_core.spec import load_spec
 
 TOML = """
 [backbone]
@@ -17,7 +18,7 @@ img_size = 32
 name = "relu"
 path = "sae.safetensors"
 
-[data]
+[dataset]
 name = "folder"
 path = "images"
 
@@ -58,21 +59,21 @@ def test_structural_problems_are_listed_together(tmp_path):
 def test_names_params_and_missing_files_are_listed_together(tmp_path):
     (tmp_path / "spec.toml").write_text(TOML.replace("batch_size = 0", "batch_size = 4"))
     problems, _ = problems_of(tmp_path / "spec.toml")
-    assert set(problems) == {"backbone", "sae.path", "data.path", "attributors[1].name", "metrics[0].steps"}
+    assert set(problems) == {"backbone", "sae.path", "dataset.path", "attributors[1].name", "metrics[0].steps"}
     assert f"checkpoint file '{tmp_path / 'weights' / 'vit.safetensors'}' does not exist" in problems["backbone"]
     assert "unknown attributor 'integrated_gradient'" in problems["attributors[1].name"]
     assert "Available: activation_map, " in problems["attributors[1].name"]
     assert "valid integer" in problems["metrics[0].steps"] and "'x'" in problems["metrics[0].steps"]
     # relative paths are taken from the spec file's folder
     assert str(tmp_path / "sae.safetensors") in problems["sae.path"]
-    assert str(tmp_path / "images") in problems["data.path"]
+    assert str(tmp_path / "images") in problems["dataset.path"]
 
 
 def test_a_close_name_gets_a_suggestion():
     spec = {
         "backbone": {"name": "timmm", "model": "x"},
         "sae": {"name": "relu", "path": "nowhere"},
-        "data": {"name": "folder", "path": "."},
+        "dataset": {"name": "folder", "path": "."},
         "targets": {"latents": [1]},
         "attributors": [{"name": "gradient_x_inputs"}],
     }
@@ -85,7 +86,7 @@ def test_unknown_keys_and_sections_are_rejected():
     spec = {
         "backbone": {"name": "timm", "model": "x", "pretraind": True},
         "sae": {"name": "relu", "path": "nowhere"},
-        "data": {"name": "folder", "path": "."},
+        "dataset": {"name": "folder", "path": "."},
         "targets": {"latents": [1], "postion": "cls"},
         "attributors": [{"name": "gradient_x_input"}],
         "extras": {},
@@ -99,7 +100,7 @@ def test_targets_need_exactly_one_rule():
     base = {
         "backbone": {"name": "timm", "model": "x"},
         "sae": {"name": "relu", "path": "nowhere"},
-        "data": {"name": "folder", "path": "."},
+        "dataset": {"name": "folder", "path": "."},
         "attributors": [{"name": "gradient_x_input"}],
     }
     problems, _ = problems_of({**base, "targets": {"select": "top"}})
@@ -112,7 +113,7 @@ def test_repeated_method_needs_labels():
     spec = {
         "backbone": {"name": "timm", "model": "x"},
         "sae": {"name": "relu", "path": "nowhere"},
-        "data": {"name": "folder", "path": "."},
+        "dataset": {"name": "folder", "path": "."},
         "targets": {"latents": [1]},
         "attributors": [{"name": "gradient_x_input"}, {"name": "gradient_x_input", "absolute": True}],
     }

@@ -547,4 +547,4 @@ def test_sae_section_rules():
 def test_the_command_is_registered_by_the_sae_plugin():
     registration = PluginHost(strict=True).registry("command").get("train-sae")
     assert registration.plugin == "sae"
-    assert registration.target == "cafe_sae.training.command:TrainSAECommand"
+    assert registration.factory == "cafe_sae.training.command:TrainSAECommand"

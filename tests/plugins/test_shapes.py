@@ -124,9 +124,8 @@ def test_bad_params_are_rejected(raw):
         registration.validate(raw)
     with pytest.raises(ValidationError):
         ShapesParams(**raw)
-    if "colour" not in raw:
-        with pytest.raises(ValidationError):
-            ShapesDataset(**raw)
+    with pytest.raises(ValidationError):
+        registration.build(raw)
 
 
 def test_good_params_are_accepted():
@@ -467,7 +466,7 @@ def test_object_hit_in_a_run_receives_each_rows_annotations(tmp_path):
         "backbone": {"name": "timm", "model": "vit_tiny_patch16_224", "img_size": 32,
                      "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}},
         "sae": {"name": "random", "d_in": 32, "d_sae": 64, "layer": 1},
-        "data": {"name": "shapes", "size": 4},
+        "dataset": {"name": "shapes", "size": 4},
         "targets": {"select": "top", "count": 2},
         "attributors": [{"name": "gradient_x_input"}],
         "metrics": [{"name": "object_hit", "objects": "any", "top_k": 16}],

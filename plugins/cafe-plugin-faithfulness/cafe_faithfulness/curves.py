@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Any, Sequence
+
 import torch
 
 from cafe_core.patches import patches_to_pixels, rank_patches
@@ -83,7 +85,12 @@ class PatchCurve:
         self.score_range = (0.0, 1.0) if self.clip else None
 
     def evaluate(
-        self, target: TargetFunction, x: torch.Tensor, heatmap: torch.Tensor, context: RunContext
+        self,
+        target: TargetFunction,
+        x: torch.Tensor,
+        heatmap: torch.Tensor,
+        context: RunContext,
+        annotations: Sequence[dict[str, Any]] | None = None,
     ) -> MetricResult:
         """Score ``heatmap [B, gh, gw]`` for the rows of ``x [B, 3, H, W]``.
 
@@ -97,6 +104,8 @@ class PatchCurve:
             ``[B, gh, gw]`` relevance of each patch; only its ranking matters.
         context : RunContext
             ``batch_size`` bounds the images per forward pass.
+        annotations : sequence of dict, optional
+            The images' annotations; not used (the curves need only the model).
 
         Returns
         -------

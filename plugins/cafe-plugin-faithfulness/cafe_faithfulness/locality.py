@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 
 from cafe_core.protocols import MetricResult, RunContext, TargetFunction, own_patch
@@ -21,9 +23,14 @@ class OwnPatchShare:
     score_range = (0.0, 1.0)
 
     def evaluate(
-        self, target: TargetFunction, x: torch.Tensor, heatmap: torch.Tensor, context: RunContext
+        self,
+        target: TargetFunction,
+        x: torch.Tensor,
+        heatmap: torch.Tensor,
+        context: RunContext,
+        annotations: Sequence[dict[str, Any]] | None = None,
     ) -> MetricResult:
-        """Score each row's heatmap against the position of its target token."""
+        """Score each row's heatmap against the position of its target token (``annotations`` are not used)."""
         positive = heatmap.clamp_min(0).flatten(1)
         patch = own_patch(target.backbone, target.layer, target.positions).to(heatmap.device)
         is_patch = patch >= 0

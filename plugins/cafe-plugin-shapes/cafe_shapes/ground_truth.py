@@ -44,7 +44,6 @@ class ObjectHit:
     higher_is_better = True
     ranking_based = True
     score_range = (0.0, 1.0)
-    uses_annotations = True
 
     def __init__(self, top_k: int = 1, objects: str = "deciding") -> None:
         self.top_k = top_k

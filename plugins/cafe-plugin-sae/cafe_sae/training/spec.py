@@ -34,16 +34,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cafe_core.errors import SpecError
-from cafe_core.spec import (
-    ComponentSpec,
-    build_component,
-    check_device_name,
-    read_spec_source,
-    resolve_component,
-    resolve_device,
-    validation_problems,
-)
+from cafe_core.errors import SpecError, validation_problems
+from cafe_core.resolve import build_component, resolve_component, resolve_device
+from cafe_core.spec import ComponentSpec, check_device_name, read_spec_source
 
 __all__ = ["SAESection", "TrainingPlan", "TrainingSection", "TrainingSpec", "load_training_spec", "prepare_training"]
 

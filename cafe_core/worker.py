@@ -1,0 +1,222 @@
+"""One unit of work: select the targets of a batch of images, explain them, score every heatmap.
+
+The worker reads nothing but the plan and what the store already holds, and writes nothing: it yields
+:class:`~cafe_core.records.UnitResult` pieces that the executor hands to whoever owns the run store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import CafeError
+from .plan import RunPlan
+from .protocols import Attribution, MetricResult, TargetFunction
+from .records import HeatmapRecord, ScoreRecord, TargetKey, TargetRecord, UnitResult, WorkUnit
+from .selection import select_targets
+from .store import StoredWork
+
+__all__ = ["NonFiniteError", "UnitWorker"]
+
+
+class NonFiniteError(CafeError):
+    """A model input, activation or heatmap contains NaN or infinity."""
+
+
+def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``what`` and ``fix`` if ``tensor`` has NaN or infinite values."""
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteError(f"{what} contains NaN or infinite values; {fix}")
+
+
+@dataclass
+class _Todo:
+    """An explained target with what is still missing for it, per attributor label."""
+
+    record: TargetRecord
+    row: int  # of the target's image in the unit's batch
+    missing_metrics: dict[str, set[str]] = field(default_factory=dict)
+    heatmap_stored: dict[str, bool] = field(default_factory=dict)
+
+
+class UnitWorker:
+    """Does units of work of one plan.
+
+    Parameters
+    ----------
+    plan : RunPlan
+        The built components and run context.
+    stored_work : callable
+        ``stored_work(image_ids) -> StoredWork``: what the run store already holds for these images.
+    stored_heatmap : callable
+        ``stored_heatmap(key, attributor) -> numpy.ndarray``: a heatmap the store holds.
+    """
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        stored_work: Callable[[Sequence[str]], StoredWork],
+        stored_heatmap: Callable[[TargetKey, str], np.ndarray | None],
+    ) -> None:
+        self.plan = plan
+        self.stored_work = stored_work
+        self.stored_heatmap = stored_heatmap
+
+    def __call__(self, unit: WorkUnit) -> Iterator[UnitResult]:
+        """The unit's results: the targets of each SAE, then each chunk of heatmaps and scores, then completion."""
+        plan, context = self.plan, self.plan.context
+        items = [plan.dataset[i] for i in unit.indices]
+        image_ids = [item.image_id for item in items]
+        annotations = [item.info for item in items]
+        x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
+        check_finite(x, f"preprocessed images {image_ids}", "check the image files")
+        for sae_index, sae in enumerate(plan.saes):
+            selected = self._select(sae_index, sae, x, image_ids)
+            yield UnitResult(unit.key, targets=selected)
+            rows = {image_id: row for row, image_id in enumerate(image_ids)}
+            todo = self._todo([r for r in selected if r.explained], rows, image_ids)
+            for start in range(0, len(todo), context.batch_size):
+                yield self._explain_chunk(unit.key, sae, x, annotations, todo[start : start + context.batch_size])
+        yield UnitResult(unit.key, complete=True)
+
+    # -- selection --------------------------------------------------------------------------------------
+
+    def _select(self, sae_index: int, sae: Any, x: torch.Tensor, image_ids: list[str]) -> list[TargetRecord]:
+        """The union of every selection rule's targets on these images (each target once)."""
+        with torch.no_grad():
+            h = self.plan.backbone.forward_to(x, sae.layer)
+            check_finite(h, f"hidden states at layer {sae.layer} of images {image_ids}",
+                         "the backbone weights may be corrupt; check the checkpoint")
+            chosen: dict[TargetKey, TargetRecord] = {}
+            for rule, fixed in zip(self.plan.spec.targets, self.plan.rule_positions[sae_index]):
+                for record in self._select_rule(rule, fixed, sae, h, image_ids):
+                    chosen.setdefault(record.key, record)
+        return list(chosen.values())
+
+    def _select_rule(
+        self, rule: Any, fixed: int | None, sae: Any, h: torch.Tensor, image_ids: list[str]
+    ) -> list[TargetRecord]:
+        if rule.latents is None:
+            codes = sae.encode(h)
+        else:  # only the requested rows of the dictionary
+            flat = h.reshape(-1, h.shape[-1])
+            codes = torch.stack(
+                [sae.encode_latents(flat, torch.full((len(flat),), n, device=h.device)) for n in rule.latents],
+                dim=-1,
+            ).reshape(*h.shape[:2], len(rule.latents))
+        return select_targets(
+            codes, image_ids=image_ids, layer=sae.layer, backbone=self.plan.backbone, latents=rule.latents,
+            select=rule.select, count=rule.count, position=fixed,
+            min_activation=rule.min_activation, seed=self.plan.context.seed,
+        )
+
+    # -- explanation ------------------------------------------------------------------------------------
+
+    def _todo(self, explained: list[TargetRecord], rows: dict[str, int], image_ids: list[str]) -> list[_Todo]:
+        """The explained targets that still miss a heatmap or a score."""
+        stored = self.stored_work(sorted(set(image_ids)))
+        todo = []
+        for record in explained:
+            item = _Todo(record, rows[record.key.image_id])
+            for label in self.plan.attributors:
+                missing = stored.missing_metrics(record.key, label, self.plan.metrics)
+                has_heatmap = stored.has_heatmap(record.key, label)
+                if missing or not has_heatmap:
+                    item.missing_metrics[label] = missing
+                    item.heatmap_stored[label] = has_heatmap
+            if item.missing_metrics:
+                todo.append(item)
+        return todo
+
+    def _explain_chunk(
+        self, unit: str, sae: Any, x: torch.Tensor, annotations: list[dict], chunk: list[_Todo]
+    ) -> UnitResult:
+        """Every attributor's heatmaps of a chunk of targets, then each metric once over all of them.
+
+        Scoring the heatmaps of all attributors in one call lets a metric batch their curves' forward passes
+        together (an insertion curve of every attributor for the same target in the same batches).
+        """
+        plan = self.plan
+        rows = torch.as_tensor([t.row for t in chunk], device=x.device)
+        xs = x[rows]
+        target = TargetFunction.for_targets(plan.backbone, sae, [t.record.key.target for t in chunk])
+        result = UnitResult(unit)
+        heatmaps: dict[str, dict[int, torch.Tensor]] = {}
+        for label, attributor in plan.attributors.items():
+            index = [i for i, t in enumerate(chunk) if label in t.missing_metrics]
+            if not index:
+                continue
+            keys = [chunk[i].record.key for i in index]
+            selected = torch.as_tensor(index, device=x.device)
+            if all(chunk[i].heatmap_stored[label] for i in index):
+                heatmap = self._stored_heatmaps(keys, label, xs)
+            else:
+                heatmap, records = self._attribute(label, attributor, target.select(selected), xs[selected], keys)
+                result.heatmaps += records
+            heatmaps[label] = dict(zip(index, heatmap))
+        for metric_label, metric in plan.metrics.items():
+            pairs = [(label, i) for label in heatmaps for i in heatmaps[label]
+                     if metric_label in chunk[i].missing_metrics[label]]
+            if not pairs:
+                continue
+            index = torch.as_tensor([i for _, i in pairs], device=x.device)
+            heatmap = torch.stack([heatmaps[label][i] for label, i in pairs])
+            scored = metric.evaluate(
+                target.select(index), xs[index], heatmap, plan.context,
+                annotations=[annotations[chunk[i].row] for _, i in pairs],
+            )
+            result.scores += _score_records(
+                [chunk[i].record.key for _, i in pairs], [label for label, _ in pairs], metric_label, scored
+            )
+        return result
+
+    def _stored_heatmaps(self, keys: list[TargetKey], label: str, like: torch.Tensor) -> torch.Tensor:
+        stored = [self.stored_heatmap(key, label) for key in keys]
+        return torch.as_tensor(np.stack(stored), device=like.device, dtype=like.dtype)
+
+    def _attribute(
+        self, label: str, attributor: Any, target: TargetFunction, xs: torch.Tensor, keys: list[TargetKey]
+    ) -> tuple[torch.Tensor, list[HeatmapRecord]]:
+        """The heatmaps ``[N, gh, gw]`` of one attributor, checked, and their records."""
+        attribution = attributor.attribute(target, xs, self.plan.context)
+        if not isinstance(attribution, Attribution):
+            raise CafeError(f"attributor {label!r} returned {type(attribution).__name__}, not an Attribution")
+        heatmap = attribution.heatmap.detach()
+        expected = (len(keys), *self.plan.backbone.grid_size)
+        if tuple(heatmap.shape) != expected:
+            raise CafeError(
+                f"attributor {label!r} returned a heatmap of shape {tuple(heatmap.shape)}, expected {expected}"
+            )
+        check_finite(heatmap, f"the heatmap of attributor {label!r} for {keys[0]}...",
+                     "try run.dtype = \"float64\", or report it to the plugin's authors")
+        array = heatmap.cpu().numpy()
+        records = [
+            HeatmapRecord(key, label, array[i], {k: float(v[i]) for k, v in attribution.info.items()})
+            for i, key in enumerate(keys)
+        ]
+        return heatmap, records
+
+
+def _score_records(
+    keys: list[TargetKey], attributors: list[str], metric: str, result: MetricResult
+) -> list[ScoreRecord]:
+    def numpy(values: torch.Tensor | None) -> np.ndarray | None:
+        return None if values is None else values.detach().cpu().numpy()
+
+    curve, raw_curve, fractions = numpy(result.curve), numpy(result.raw_curve), numpy(result.fractions)
+    return [
+        ScoreRecord(
+            key=key,
+            attributor=attributor,
+            metric=metric,
+            score=float(result.score[i]),
+            curve=None if curve is None else curve[i],
+            raw_curve=None if raw_curve is None else raw_curve[i],
+            fractions=fractions,
+            info={name: float(values[i]) for name, values in result.info.items()},
+        )
+        for i, (key, attributor) in enumerate(zip(keys, attributors))
+    ]
