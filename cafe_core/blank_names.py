@@ -1,24 +1,22 @@
-"""Names of blanks, validated without importing torch (so plugin params can use them cheaply)."""
+"""Names of blanks and their blur, as params field types validated without importing torch."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
-__all__ = ["BLANKS", "Blank", "check_blank"]
+__all__ = ["BLANKS", "Blank", "BlurSigma", "check_blank"]
 
 BLANKS = ("zeros", "mean", "blur")
 """The kinds of blank :func:`cafe_core.blanks.make_blank` knows."""
 
 
-def check_blank(kind: str, blur_sigma: float | None = None) -> str:
-    """Validate a blank: one of :data:`BLANKS` or a ``"module:function"`` reference, and its blur sigma.
+def check_blank(kind: str) -> str:
+    """Return ``kind`` if it is one of :data:`BLANKS` or a ``"module:function"`` reference.
 
-    Raises ``ValueError`` for an unknown blank or a ``blur_sigma`` that is not positive.
+    Raises ``ValueError`` naming the choices otherwise.
     """
-    if blur_sigma is not None and not blur_sigma > 0:
-        raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
     module, _, attr = str(kind).partition(":")
     if kind in BLANKS or (module and attr):
         return kind
@@ -30,3 +28,7 @@ def check_blank(kind: str, blur_sigma: float | None = None) -> str:
 
 Blank = Annotated[str, AfterValidator(check_blank)]
 """A params field type for blanks: validated by :func:`check_blank`."""
+
+BlurSigma = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+"""A params field type for the blur standard deviation in pixels: a finite number > 0 (use ``BlurSigma | None``
+for a field whose ``None`` means the default of :func:`cafe_core.blanks.make_blank`)."""

@@ -97,7 +97,7 @@ def cafe_register_attributors(register: Register) -> None:
     ``attribute(target, x, context) -> Attribution`` with a ``[B, gh, gw]`` heatmap, plus the capability
     flags ``needs_grad`` and ``conserves_relevance``. Method knobs are its params; batch size, device and
     seed come from ``context``. An attributor that works on some architectures only also defines
-    ``check_compatible(backbone) -> list[str]``, so ``cafe validate`` reports the mismatch before a run
+    ``check_compatible(backbone, saes) -> list[str]``, so ``cafe validate`` reports the mismatch before a run
     starts. Check it with :func:`cafe_core.testing.check_attributor`.
 
     Example

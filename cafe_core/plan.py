@@ -11,7 +11,7 @@ import torch
 
 from . import __version__
 from .errors import CafeError, SpecError
-from .protocols import RunContext, layer_width
+from .protocols import DEFAULT_SITE, RunContext, layer_width
 from .selection import rule_position
 from .resolve import ResolvedComponent, build_component, resolve_device, resolve_partially
 from .spec import RunSpec
@@ -82,6 +82,14 @@ def _check_saes(backbone: Any, saes: list[Any], spec: RunSpec) -> list[tuple[str
                 (f"{path}.layer", f"layer {layer} is past the backbone's {backbone.depth} blocks "
                  f"(valid: 0..{backbone.depth - 1}, the output of that block)")
             )
+        site = getattr(sae, "site", DEFAULT_SITE)
+        sites = tuple(getattr(backbone, "sites", (DEFAULT_SITE,)))
+        if site not in sites:
+            problems.append(
+                (f"{path}.site", f"the SAE was trained on the {site!r} hidden states of its layer, but this backbone "
+                 f"provides {', '.join(map(repr, sites))} only; use an SAE trained on the output of a block "
+                 "(the residual stream after it)")
+            )
         width = layer_width(backbone, layer) if layer is not None and 0 <= layer < backbone.depth else backbone.width
         if sae.d_in != width:
             problems.append(
@@ -104,7 +112,7 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
     SpecError
         Every problem found, with its path in the spec: unknown names, bad params, a layer past the
         backbone's depth, an SAE of the wrong width or site, a position the backbone does not have, and what
-        each component's ``check_compatible(backbone)`` reports.
+        each component's ``check_compatible(backbone, saes)`` reports.
     """
     resolved, problems = resolve_partially(spec, host, base_dir)
     try:
@@ -132,7 +140,8 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         problems += _check_saes(backbone, saes, spec)
         rule_positions, found = _rule_positions(backbone, saes, spec)
         problems += found
-        problems += _compatibility_problems(backbone, [item for items in built.values() for item in items])
+        components = [item for items in built.values() for item in items]
+        problems += _compatibility_problems(backbone, saes, components)
     if problems:
         raise SpecError(problems)
     return RunPlan(
@@ -148,15 +157,17 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
     )
 
 
-def _compatibility_problems(backbone: Any, components: list[tuple[str, str, Any]]) -> list[tuple[str, str]]:
-    """What each component's optional ``check_compatible(backbone)`` finds, at the component's path."""
+def _compatibility_problems(
+    backbone: Any, saes: list[Any], components: list[tuple[str, str, Any]]
+) -> list[tuple[str, str]]:
+    """What each component's optional ``check_compatible(backbone, saes)`` finds, at the component's path."""
     problems = []
     for path, _, component in components:
         check = getattr(component, "check_compatible", None)
         if component is None or not callable(check):
             continue
         try:
-            found = check(backbone)
+            found = check(backbone, saes)
         except CafeError as exc:
             found = [str(exc)]
         problems.extend((path, message) for message in found)

@@ -148,7 +148,7 @@ class SAE(Protocol):
     ``pre_activation_latents(h, latents) -> [N]``
         The latents before the nonlinearity, which attributors may explain instead of the latent itself
         (see :meth:`TargetFunction.pre_activation`).
-    ``check_compatible(backbone) -> list[str]``
+    ``check_compatible(backbone, saes) -> list[str]``
         Problems that stop it from working on ``backbone`` (see :class:`Attributor`).
     """
 
@@ -216,9 +216,10 @@ class Attributor(Protocol):
 
     Optional methods
     ----------------
-    ``check_compatible(backbone) -> list[str]``
-        Problems that stop it from working on ``backbone`` (an architecture it has no rules for, a missing
-        class token...), each naming the unsupported module and the fix; ``[]`` when none. ``cafe validate``
+    ``check_compatible(backbone, saes) -> list[str]``
+        Problems that stop it from working on ``backbone`` with the run's ``saes`` (an architecture it has no
+        rules for, a layer whose tokens it cannot map, an SAE without a method it needs...), each naming the
+        unsupported module and the fix; ``[]`` when none. ``cafe validate``
         and ``run`` call it on every attributor, metric and SAE after building them, before any image is
         processed. The same condition met at run time raises
         :class:`~cafe_core.errors.IncompatibleComponentError`.
@@ -277,7 +278,7 @@ class Metric(Protocol):
 
     Optional methods
     ----------------
-    ``check_compatible(backbone) -> list[str]``
+    ``check_compatible(backbone, saes) -> list[str]``
         As for :class:`Attributor`.
     """
 

@@ -23,6 +23,7 @@ __all__ = [
     "ResolvedComponent",
     "anchor_paths",
     "build_component",
+    "is_uri",
     "resolve",
     "resolve_component",
     "resolve_device",
@@ -84,11 +85,22 @@ def _mentions_path(annotation: Any) -> bool:
     return False
 
 
+def is_uri(value: Any) -> bool:
+    """Whether ``value`` is a string with a URI scheme (``hf://owner/repo/...``), which is no local path."""
+    scheme, separator, _ = str(value).partition("://") if isinstance(value, str) else ("", "", "")
+    return bool(separator) and scheme.isidentifier()
+
+
 def anchor_paths(model: type[BaseModel], params: dict[str, Any], base_dir: pathlib.Path) -> dict[str, Any]:
-    """``params`` with every relative path of a path-typed field of ``model`` taken from ``base_dir``."""
+    """``params`` with every relative path of a path-typed field of ``model`` taken from ``base_dir``.
+
+    A URI (``hf://owner/repo/file``) in such a field is left as it is, for the component to resolve.
+    """
     params = dict(params)
     for name in _path_fields(model):
         value = params.get(name)
+        if is_uri(value):
+            continue
         if isinstance(value, (str, pathlib.PurePath)) and not pathlib.Path(value).expanduser().is_absolute():
             params[name] = str(base_dir / pathlib.Path(value))
         elif isinstance(value, (str, pathlib.PurePath)):

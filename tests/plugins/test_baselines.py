@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import numpy as np
 import pydantic
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from cafe_baselines.activation_map import ActivationMap
 from cafe_baselines.gradient_x_input import GradientXInput
+from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import patches_to_pixels
 from cafe_core.plugins import PluginHost
 from cafe_core.protocols import Attributor, RunContext, TargetFunction
@@ -54,6 +56,25 @@ def test_activation_map_is_the_latent_at_each_patch_token(linear):
     expected_z = [(w[0] * s[0]).sum(), (w[2] * s[1]).sum(), w[1, 5] * s[2, 5]]
     np.testing.assert_allclose(out.info["z"].numpy(), expected_z, rtol=1e-5)
     assert out.pixels is None
+
+
+def test_activation_map_needs_a_layer_whose_tokens_are_the_heatmap_grid():
+    from cafe_timm.conv import TimmConvNet
+
+    kwargs = {"channels": (8, 16, 16, 16), "layers": (1, 1, 1, 1)}
+    coarse = TimmConvNet("resnet18", img_size=64, model_kwargs=kwargs)  # 32-pixel patches: a 2x2 heatmap
+    fine = TimmConvNet("resnet18", img_size=64, patch_size=8, model_kwargs=kwargs)  # stage 1's stride
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    sae = LinearReluSAE(torch.rand(2, 16, generator=torch.Generator().manual_seed(1)), layer=1)
+    last_stage = ActivationMap().attribute(TargetFunction(coarse, sae, 3, [0], [0]), x, RunContext())
+    fine_stage = ActivationMap().attribute(TargetFunction(fine, sae, 1, [0], [0]), x, RunContext())
+    assert last_stage.heatmap.shape == (1, 2, 2) and fine_stage.heatmap.shape == (1, 8, 8)
+    message = r"layer 1 per .* TimmConvNet \(cafe_timm\.conv\) has 8x8 tokens and the heatmap grid is 2x2.*patch_size"
+    with pytest.raises(IncompatibleComponentError, match=message):
+        ActivationMap().attribute(TargetFunction(coarse, sae, 1, [0], [0]), x, RunContext())
+    (problem,) = ActivationMap().check_compatible(coarse, [sae])  # reported before a run, in the same words
+    assert re.search(message, problem)
+    assert ActivationMap().check_compatible(fine, [sae]) == []
 
 
 def test_activation_map_is_blind_to_a_class_token_latent():

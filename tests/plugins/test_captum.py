@@ -11,8 +11,10 @@ from cafe_baselines.gradient_x_input import GradientXInput
 from cafe_captum.gradient_shap import GradientShap
 from cafe_captum.input_x_gradient import InputXGradient
 from cafe_captum.integrated_gradients import IntegratedGradients
+from cafe_captum.params import GradientShapParams, IntegratedGradientsParams
 from cafe_captum.rng import seeded_global_rng
 from cafe_captum.saliency import Saliency
+from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import pixels_to_patches
 from cafe_core.plugins import PluginHost
 from cafe_core.protocols import Attributor, RunContext, TargetFunction
@@ -82,22 +84,22 @@ def test_integrated_gradients_from_zeros_is_gradient_times_input_above_the_kink(
     expected = w[[0, 2]] * s
     np.testing.assert_allclose(out.heatmap.reshape(2, -1).numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(out.info["value"].numpy(), expected.sum(1), rtol=1e-5)
-    np.testing.assert_allclose(out.info["baseline_value"].numpy(), 0, atol=1e-7)
+    np.testing.assert_allclose(out.info["blank_value"].numpy(), 0, atol=1e-7)
     np.testing.assert_allclose(out.info["delta"].numpy(), 0, atol=1e-4)
     assert (out.info["relative_delta"] < 1e-5).all()
     assert out.pixels.shape == (2, 8, 8)
 
 
-@pytest.mark.parametrize("baseline", ["mean", "blur"])
-def test_integrated_gradients_from_an_image_blank(linear, baseline):
+@pytest.mark.parametrize("blank", ["mean", "blur"])
+def test_integrated_gradients_from_an_image_blank(linear, blank):
     # From a positive blank to a positive image the pre-activation stays positive: the path is linear.
     backbone, sae, w = linear
     x = _images(3, seed=2)
     target = TargetFunction(backbone, sae, 0, [0, 1, 2], [CLS, CLS, 1 + 5])
-    out = IntegratedGradients(n_steps=4, baseline=baseline).attribute(target, x, RunContext(batch_size=8))
+    out = IntegratedGradients(n_steps=4, blank=blank).attribute(target, x, RunContext(batch_size=8))
 
     xn = x.double().numpy()
-    if baseline == "mean":
+    if blank == "mean":
         blank = xn.mean(axis=(2, 3), keepdims=True).repeat(8, 2).repeat(8, 3)
     else:
         blank = numpy_gaussian_blur(xn, 0.8)
@@ -127,7 +129,7 @@ def test_integrated_gradients_across_the_relu_kink(linear):
         np.testing.assert_allclose(post.info["delta"].item(), c * (beyond - 0.7), rtol=1e-3, atol=1e-5)
         np.testing.assert_allclose(pre.heatmap.reshape(-1).numpy(), expected, rtol=1e-4)
         np.testing.assert_allclose(pre.info["value"].item(), 0.7 * c, rtol=1e-5)
-        np.testing.assert_allclose(pre.info["baseline_value"].item(), -0.3 * c, rtol=1e-5)
+        np.testing.assert_allclose(pre.info["blank_value"].item(), -0.3 * c, rtol=1e-5)
         assert pre.info["relative_delta"].item() < 1e-5
         assert post.info["relative_delta"].item() > 100 * pre.info["relative_delta"].item()
         relative[n_steps] = post.info["relative_delta"].item()
@@ -137,13 +139,13 @@ def test_integrated_gradients_across_the_relu_kink(linear):
 
 def test_riemann_trapezoid_weights_sum_below_one(linear):
     # Captum's trapezoid rule weights sum to (n - 1) / n, so even a linear f keeps a delta of -(f(x) - f(x0)) / n.
-    # (A positive bias keeps the latent on at the zero baseline, away from the kink.)
+    # (A positive bias keeps the latent on at the zero blank, away from the kink.)
     backbone, sae, _ = linear
     sae.b_enc = torch.full((3,), 0.5)
     x = _images(2, seed=4)
     target = TargetFunction(backbone, sae, 0, [0, 1], [CLS, CLS])
     out = IntegratedGradients(n_steps=5, method="riemann_trapezoid").attribute(target, x, RunContext())
-    change = out.info["value"] - out.info["baseline_value"]
+    change = out.info["value"] - out.info["blank_value"]
     torch.testing.assert_close(out.info["delta"], -change / 5, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out.info["relative_delta"], torch.full((2,), 0.2), rtol=1e-4, atol=1e-6)
 
@@ -160,8 +162,12 @@ def test_relative_delta_is_nan_where_the_function_does_not_change(linear):
 def test_pre_needs_an_sae_with_a_pre_activation(linear):
     backbone, _, w = linear
     target = TargetFunction(backbone, LinearReluSAE(torch.tensor(w, dtype=torch.float32)), 0, [0], [CLS])
-    with pytest.raises(TypeError, match="pre_activation_latents"):
+    with pytest.raises(IncompatibleComponentError, match=r"pre_activation_latents.*LinearReluSAE \(handbuilt\)"):
         IntegratedGradients(quantity="pre").attribute(target, _images(1), RunContext())
+    (problem,) = IntegratedGradients(quantity="pre").check_compatible(backbone, [target.sae])
+    assert "pre_activation_latents" in problem and "LinearReluSAE (handbuilt)" in problem
+    assert IntegratedGradients(quantity="post").check_compatible(backbone, [target.sae]) == []
+    assert IntegratedGradients(quantity="pre").check_compatible(backbone, [linear[1]]) == []
 
 
 def test_captum_input_x_gradient_equals_gradient_x_input(linear):
@@ -184,15 +190,15 @@ def test_saliency_is_the_weight_of_every_pixel(linear):
     np.testing.assert_allclose(out.heatmap.reshape(2, -1).numpy(), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("baseline", ["zeros", "mean"])
-def test_gradient_shap_without_noise_is_exact_on_a_linear_path(linear, baseline):
+@pytest.mark.parametrize("blank", ["zeros", "mean"])
+def test_gradient_shap_without_noise_is_exact_on_a_linear_path(linear, blank):
     # The gradient is w at every point of the path, so every random draw gives (x - x0) * w.
     backbone, sae, w = linear
     x = _images(2, seed=8, low=0.1)
     target = TargetFunction(backbone, sae, 0, [0, 2], [CLS, CLS])
-    out = GradientShap(n_samples=5, baseline=baseline).attribute(target, x, RunContext(batch_size=2))
+    out = GradientShap(n_samples=5, blank=blank).attribute(target, x, RunContext(batch_size=2))
     xn = x.double().numpy()
-    s_blank = PIXELS_PER_PATCH / 3 * xn.mean(axis=(2, 3)).sum(1, keepdims=True) if baseline == "mean" else 0
+    s_blank = PIXELS_PER_PATCH / 3 * xn.mean(axis=(2, 3)).sum(1, keepdims=True) if blank == "mean" else 0
     np.testing.assert_allclose(out.heatmap.reshape(2, -1).numpy(), w[[0, 2]] * (_sums(x) - s_blank), rtol=1e-4)
 
 
@@ -264,7 +270,7 @@ def test_conformance_on_the_linear_model(linear, attributor):
 @pytest.fixture(scope="module")
 def vit():
     backbone = TinyTimmViT(seed=0)
-    sae = ReluSAE.random_init(32, 64, seed=0, layer=1, site="all")
+    sae = ReluSAE.random_init(32, 64, seed=0, layer=1, tokens="all")
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     target = TargetFunction(backbone, sae, 1, [9, 24, 5, 9], [0, 0, 1 + 6, 1 + 11])
     return backbone, sae, target, x
@@ -272,11 +278,11 @@ def vit():
 
 VIT_METHODS = [
     IntegratedGradients(n_steps=6),
-    IntegratedGradients(n_steps=5, method="riemann_middle", baseline="blur", quantity="pre"),
+    IntegratedGradients(n_steps=5, method="riemann_middle", blank="blur", quantity="pre"),
     Saliency(),
     Saliency(abs=False),
     InputXGradient(),
-    GradientShap(n_samples=5, stdevs=0.2, baseline="mean"),
+    GradientShap(n_samples=5, stdevs=0.2, blank="mean"),
 ]
 VIT_IDS = ["ig", "ig_pre_blur", "saliency", "saliency_signed", "input_x_gradient", "gradient_shap"]
 
@@ -327,10 +333,10 @@ def test_saliency_and_input_x_gradient_match_autograd(vit):
 
 def test_integrated_gradients_info_is_consistent_on_a_vit(vit):
     _, sae, target, x = vit
-    out = IntegratedGradients(n_steps=8, baseline="blur").attribute(target, x, RunContext(batch_size=4))
+    out = IntegratedGradients(n_steps=8, blank="blur").attribute(target, x, RunContext(batch_size=4))
     with torch.no_grad():
         torch.testing.assert_close(out.info["value"], target(x))
-    change = out.info["value"] - out.info["baseline_value"]
+    change = out.info["value"] - out.info["blank_value"]
     torch.testing.assert_close(out.heatmap.sum((1, 2)) - out.info["delta"], change, rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(out.heatmap.sum((1, 2)), out.pixels.sum((1, 2)), rtol=1e-4, atol=1e-6)
 
@@ -340,7 +346,7 @@ def test_pre_converges_faster_than_post_across_the_kink_on_a_vit(vit):
     with torch.no_grad():
         pre_image = sae.pre_activation(backbone.forward_to(x, 1)[:, 0])
         pre_blank = sae.pre_activation(backbone.forward_to(torch.zeros_like(x), 1)[:, 0])
-    crossing = (pre_image > 0) & (pre_blank < 0)  # off at the baseline, on at the image
+    crossing = (pre_image > 0) & (pre_blank < 0)  # off at the blank, on at the image
     assert crossing.any(1).all()
     latents = crossing.float().argmax(1)
     target = TargetFunction(backbone, sae, 1, latents, [0] * len(x))
@@ -360,7 +366,7 @@ def test_pre_converges_faster_than_post_across_the_kink_on_a_vit(vit):
 def test_sampling_on_cuda_is_seeded_and_leaves_the_generators_alone():
     backbone = TinyTimmViT(seed=0)
     backbone.model.cuda()
-    sae = ReluSAE.random_init(32, 64, seed=0, layer=1, site="all").cuda()
+    sae = ReluSAE.random_init(32, 64, seed=0, layer=1, tokens="all").cuda()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)).cuda()
     target = TargetFunction(backbone, sae, 1, [9, 24, 5], [0, 0, 1 + 6])
     context = RunContext(batch_size=3, device=torch.device("cuda"))
@@ -377,13 +383,13 @@ def test_sampling_on_cuda_is_seeded_and_leaves_the_generators_alone():
 @pytest.mark.filterwarnings("ignore:cafe plugin:RuntimeWarning")
 def test_attributors_are_discovered_through_entry_points():
     registry = PluginHost().registry("attributor")
-    ig = registry.get("integrated_gradients").build({"n_steps": 8, "quantity": "pre", "baseline": "blur"})
-    assert isinstance(ig, IntegratedGradients) and (ig.n_steps, ig.quantity, ig.baseline) == (8, "pre", "blur")
+    ig = registry.get("integrated_gradients").build({"n_steps": 8, "quantity": "pre", "blank": "blur"})
+    assert isinstance(ig, IntegratedGradients) and (ig.n_steps, ig.quantity, ig.blank) == (8, "pre", "blur")
     assert registry.get("integrated_gradients").build({}).n_steps == 32
     assert registry.get("saliency").build({}).abs is True
     assert isinstance(registry.get("input_x_gradient").build({}), InputXGradient)
     shap = registry.get("gradient_shap").build({"n_samples": 4, "stdevs": 0.1})
-    assert isinstance(shap, GradientShap) and (shap.n_samples, shap.stdevs, shap.baseline) == (4, 0.1, "zeros")
+    assert isinstance(shap, GradientShap) and (shap.n_samples, shap.stdevs, shap.blank) == (4, 0.1, "zeros")
 
 
 @pytest.mark.filterwarnings("ignore:cafe plugin:RuntimeWarning")
@@ -393,7 +399,8 @@ def test_attributors_are_discovered_through_entry_points():
         ("integrated_gradients", {"n_steps": 0}),
         ("integrated_gradients", {"method": "simpson"}),
         ("integrated_gradients", {"method": "riemann_left", "n_steps": 1}),
-        ("integrated_gradients", {"baseline": "noise"}),
+        ("integrated_gradients", {"blank": "noise"}),
+        ("integrated_gradients", {"blank": "zeros", "baseline": "zeros"}),
         ("integrated_gradients", {"quantity": "mid"}),
         ("integrated_gradients", {"blur_sigma": 0}),
         ("integrated_gradients", {"steps": 8}),
@@ -409,10 +416,18 @@ def test_bad_params_fail_validation(name, params):
         PluginHost().registry("attributor").get(name).build(params)
 
 
-def test_constructors_reject_bad_values():
-    with pytest.raises(ValueError, match="n_steps"):
-        IntegratedGradients(n_steps=1, method="riemann_trapezoid")
-    with pytest.raises(ValueError, match="quantity"):
-        IntegratedGradients(quantity="mid")
-    with pytest.raises(ValueError, match="unknown blank 'noise'"):
-        GradientShap(baseline="noise")
+def test_the_old_baseline_key_still_names_the_blank_with_a_deprecation_warning():
+    for params in (IntegratedGradientsParams, GradientShapParams):
+        with pytest.warns(DeprecationWarning, match="`baseline` is deprecated, write `blank` instead"):
+            assert params(baseline="mean").blank == "mean"
+
+
+def test_params_models_reject_bad_values_with_the_reason():
+    with pytest.raises(pydantic.ValidationError, match="'riemann_trapezoid' needs n_steps >= 2"):
+        IntegratedGradientsParams(n_steps=1, method="riemann_trapezoid")
+    with pytest.raises(pydantic.ValidationError, match="quantity"):
+        IntegratedGradientsParams(quantity="mid")
+    with pytest.raises(pydantic.ValidationError, match="unknown blank 'noise'"):
+        GradientShapParams(blank="noise")
+    with pytest.raises(pydantic.ValidationError, match="blur_sigma"):
+        GradientShapParams(blur_sigma=float("inf"))

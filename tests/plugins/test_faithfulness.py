@@ -9,11 +9,13 @@ import pydantic
 import pytest
 import torch
 
+from cafe_core.errors import IncompatibleComponentError
 from cafe_core.plugins import PluginHost
 from cafe_core.protocols import Metric, RunContext, TargetFunction
 from cafe_core.testing import check_metric
 from cafe_core.blanks import gaussian_blur
 from cafe_faithfulness.curves import Deletion, Insertion
+from cafe_faithfulness.params import PatchCurveParams
 from handbuilt import (
     CountingBackbone,
     LinearReluSAE,
@@ -236,11 +238,25 @@ def test_a_heatmap_of_the_wrong_shape_is_refused():
         Deletion().evaluate(target, x, torch.rand(2, 4, 4), RunContext())
 
 
-def test_direct_construction_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="steps"):
-        Insertion(steps=0)
-    with pytest.raises(ValueError, match="blank"):
-        Deletion(blank="noise")
+@pytest.mark.parametrize("metric", [Insertion, Deletion], ids=["insertion", "deletion"])
+def test_the_curves_need_patches_that_tile_the_backbone_input(metric):
+    assert metric().check_compatible(patch_sum_backbone()) == []
+    untiled = patch_sum_backbone(image_size=(8, 9))  # a 4x4 grid of 2x2 patches leaves a column of pixels over
+    (problem,) = metric().check_compatible(untiled)
+    assert problem.startswith(f"{metric.name} blanks whole patches, but the grid of LinearPatchBackbone (handbuilt)")
+    target = TargetFunction(untiled, LinearReluSAE(torch.ones(1, N)), 0, [0], [CLS])
+    with pytest.raises(IncompatibleComponentError) as raised:
+        metric().evaluate(target, torch.rand(1, 3, 8, 9), torch.rand(1, 4, 4), RunContext())
+    assert str(raised.value) == problem
+
+
+def test_the_params_model_rejects_bad_arguments():
+    with pytest.raises(pydantic.ValidationError, match="steps"):
+        PatchCurveParams(steps=0)
+    with pytest.raises(pydantic.ValidationError, match="unknown blank 'noise'"):
+        PatchCurveParams(blank="noise")
+    with pytest.raises(pydantic.ValidationError, match="blur_sigma"):
+        PatchCurveParams(blur_sigma=-1.0)
 
 
 # --- a small real ViT -------------------------------------------------------------------------------------
@@ -350,7 +366,7 @@ def test_a_blank_named_by_module_and_function_is_used_everywhere_blanks_are():
     assert torch.equal(make_blank(x, reference), x / 2)
     host = PluginHost()
     for kind, name, key in [("metric", "insertion", "blank"), ("attributor", "occlusion", "blank"),
-                            ("attributor", "integrated_gradients", "baseline")]:
+                            ("attributor", "integrated_gradients", "blank")]:
         registration = host.registry(kind).get(name)
         assert getattr(registration.validate({key: reference}), key) == reference
         with pytest.raises(ValidationError, match="unknown blank 'noise'"):

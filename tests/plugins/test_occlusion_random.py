@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from cafe_baselines.occlusion import Occlusion
+from cafe_baselines.params import OcclusionParams
 from cafe_baselines.random_ranking import RandomRanking, row_seed
+from cafe_core.errors import IncompatibleComponentError
 from cafe_core.plugins import PluginHost
 from cafe_core.protocols import Attributor, RunContext, TargetFunction
 from cafe_core.testing import check_attributor
@@ -104,8 +106,20 @@ def test_occlusion_runs_batched_forwards_within_the_batch_size(linear):
 
 def test_occlusion_rejects_an_input_off_the_grid(linear):
     backbone, sae, _ = linear
-    with pytest.raises(ValueError, match="grid"):
+    message = "4x4 patches of 2x2 pixels, covers 8x8 pixels and the input is 6x8"
+    with pytest.raises(IncompatibleComponentError, match=message):
         Occlusion().attribute(TargetFunction(backbone, sae, 0, [0], [CLS]), torch.rand(1, 3, 6, 8), RunContext())
+
+
+def test_occlusion_needs_patches_that_tile_the_backbone_input(linear):
+    _, sae, _ = linear
+    assert Occlusion().check_compatible(patch_sum_backbone()) == []
+    untiled = patch_sum_backbone(image_size=(9, 8))  # a 4x4 grid of 2x2 patches leaves a row of pixels over
+    (problem,) = Occlusion().check_compatible(untiled)
+    assert problem.startswith("occlusion blanks whole patches, but the grid of LinearPatchBackbone (handbuilt)")
+    with pytest.raises(IncompatibleComponentError) as raised:
+        Occlusion().attribute(TargetFunction(untiled, sae, 0, [0], [CLS]), torch.rand(1, 3, 9, 8), RunContext())
+    assert str(raised.value) == problem
 
 
 @pytest.mark.parametrize("blank", ["zeros", "mean", "blur"])
@@ -181,7 +195,7 @@ def test_random_conformance_on_the_linear_model(linear, per_image):
 @pytest.fixture(scope="module")
 def vit():
     backbone = TinyTimmViT(seed=0)
-    sae = ReluSAE.random_init(32, 64, seed=0, layer=1, site="all")
+    sae = ReluSAE.random_init(32, 64, seed=0, layer=1, tokens="all")
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     target = TargetFunction(backbone, sae, 1, [9, 24, 5, 9], [0, 0, 1 + 6, 1 + 11])
     return backbone, target, x
@@ -249,8 +263,8 @@ def test_bad_params_fail_validation(name, params):
         PluginHost().registry("attributor").get(name).build(params)
 
 
-def test_occlusion_constructor_rejects_bad_values():
-    with pytest.raises(ValueError, match="blank"):
-        Occlusion(blank="noise")
-    with pytest.raises(ValueError, match="blur_sigma"):
-        Occlusion(blur_sigma=0.0)
+def test_occlusion_params_reject_bad_values():
+    with pytest.raises(pydantic.ValidationError, match="unknown blank 'noise'"):
+        OcclusionParams(blank="noise")
+    with pytest.raises(pydantic.ValidationError, match="blur_sigma"):
+        OcclusionParams(blur_sigma=0.0)

@@ -1,4 +1,4 @@
-"""Tests of the cafe-plugin-sae distribution: ReLU and TopK SAEs, their checkpoints and their registration."""
+"""Tests of the cafe-plugin-sae distribution: ReLU and TopK SAEs, cafe checkpoints and their registration."""
 
 from __future__ import annotations
 
@@ -183,8 +183,8 @@ def test_target_function_reads_the_sae_through_encode_latents(sae):
 
 def test_satisfies_the_sae_protocol(sae):
     assert isinstance(sae, SAE)
-    assert (sae.d_in, sae.d_sae, sae.layer, sae.site) == (D_IN, D_SAE, 2, "patch")
-    assert sae.activation == sae.architecture
+    assert (sae.d_in, sae.d_sae, sae.layer, sae.tokens, sae.site) == (D_IN, D_SAE, 2, "patch", "resid_post")
+    assert sae.nonlinearity == sae.architecture
 
 
 # -- loss, normalisation, initialisation ------------------------------------------------------------------------
@@ -249,11 +249,11 @@ def test_random_init_is_seeded_and_well_formed(cls, kwargs):
     assert abs(a.W_e.std().item() - (2 / 16) ** 0.5) < 0.05
 
 
-def test_constructor_validates_its_arguments():
-    with pytest.raises(ValueError, match="site"):
-        ReluSAE(4, 8, site="tokens")
-    with pytest.raises(ValueError, match="k must lie"):
-        TopKSAE(4, 8, k=9)
+def test_token_set_given_as_site_moves_to_tokens_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="pass tokens='cls'"):
+        sae = ReluSAE(4, 8, site="cls")
+    assert (sae.tokens, sae.site) == ("cls", "resid_post")
+    assert ReluSAE(4, 8, site="mlp_out").site == "mlp_out"
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
@@ -274,19 +274,23 @@ def test_save_load_round_trip(sae, tmp_path):
 
 
 def test_saved_header_holds_the_documented_config(tmp_path):
-    path = save(TopKSAE.random_init(4, 8, k=2, layer=5, site="cls"), tmp_path / "sae.safetensors")
+    path = save(TopKSAE.random_init(4, 8, k=2, layer=5, tokens="cls"), tmp_path / "sae.safetensors")
     header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
     header = json.loads(path.read_bytes()[8 : 8 + header_len])
     config = json.loads(header["__metadata__"]["cafe_sae"])
     assert config == {
-        "format_version": 1,
+        "format_version": 2,
         "architecture": "topk",
         "d_in": 4,
         "d_sae": 8,
         "layer": 5,
-        "site": "cls",
-        "activation": "topk",
+        "site": "resid_post",
+        "tokens": "cls",
+        "nonlinearity": "topk",
         "k": 2,
+        "relu_after_topk": True,
+        "rescale_by_decoder_norm": False,
+        "normalization": "none",
         "extra": {},
     }
     assert header["W_e"]["shape"] == [8, 4] and header["W_d"]["shape"] == [4, 8]
@@ -327,7 +331,7 @@ def _config(path):
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(SAEFileError, match=r"does not exist; check the path"):
         load(tmp_path / "nope.safetensors")
-    with pytest.raises(SAEFileError, match="is a directory"):
+    with pytest.raises(SAEFileError, match="is a directory.*cafe_sae.load_any"):
         load(tmp_path)
 
 
@@ -346,8 +350,8 @@ def test_file_without_config_is_reported(tmp_path):
     path = _rewrite(_good_file(tmp_path), drop_config=True)
     with pytest.raises(SAEFileError, match=r"good\.safetensors has no 'cafe_sae' config.*'relu' or 'topk'"):
         load(path)
-    with pytest.raises(SAEFileError, match="cannot tell its architecture; use SAE 'relu' or 'topk'"):
-        load_any(path)
+    with pytest.raises(SAEConfigError, match="does not record architecture.*use SAE 'relu' or 'topk'"):
+        load_any(path, tokens="patch")
 
 
 def test_missing_tensor_is_reported(tmp_path):
@@ -366,6 +370,8 @@ def test_unexpected_tensor_is_reported(tmp_path):
     _rewrite(path, tensors=tensors)
     with pytest.raises(SAEFileError, match=r"'threshold' that this SAE does not have.*JumpReLU"):
         load(path)
+    with pytest.raises(SAEFileError, match=r"'threshold' that this SAE does not have"):
+        load_any(path)
 
 
 def test_shape_contradicting_config_is_reported(tmp_path):
@@ -375,6 +381,8 @@ def test_shape_contradicting_config_is_reported(tmp_path):
     message = r"'W_e' of .*good\.safetensors has shape \[8, 4\] but its config .*d_sae=9.*\[9, 4\]"
     with pytest.raises(SAEFileError, match=message):
         load(path)
+    with pytest.raises(SAEFileError, match=message):
+        load_any(path)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -387,6 +395,15 @@ def test_non_finite_weights_are_reported(tmp_path, value):
         load(path)
 
 
+V1_CONFIG = {"format_version": 1, "architecture": "relu", "d_in": 4, "d_sae": 8, "layer": 3, "site": "patch",
+             "activation": "relu", "extra": {}}
+
+
+def _version1_file(tmp_path, name="v1.safetensors"):
+    """A checkpoint exactly as format version 1 wrote it (the toy plugin ships such files)."""
+    return _rewrite(_good_file(tmp_path, name), config=V1_CONFIG)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -397,8 +414,32 @@ def test_non_finite_weights_are_reported(tmp_path, value):
         ({"format_version": None}, r"format_version None.*re-save"),
         ({"architecture": "topk"}, r"topk SAE but gives no 'k'"),
         ({"architecture": "topk", "activation": "topk", "k": 99}, r"k=99, more than its d_sae=8"),
-        ({"activation": "topk"}, r"contradicts itself"),
+        ({"activation": "topk"}, r"contradicts itself: architecture 'relu' but activation 'topk'"),
         ({"unknown_key": 1}, r"invalid \(unknown_key"),
+        ({"tokens": "patch"}, r"invalid \(tokens"),  # version 1 has no `tokens`
+    ],
+)
+def test_invalid_version1_config_is_reported(tmp_path, change, message):
+    path = _version1_file(tmp_path)
+    _rewrite(path, config={**V1_CONFIG, **change})
+    with pytest.raises(SAEFileError, match=message):
+        load(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"architecture": "sparse"}, r"invalid \(architecture"),
+        ({"tokens": "tokens"}, r"invalid \(tokens"),
+        ({"site": ""}, r"invalid \(site"),
+        ({"format_version": 3}, r"format_version 3.*upgrade cafe-plugin-sae"),
+        ({"architecture": "topk", "nonlinearity": "topk"}, r"topk SAE but gives no 'k', 'relu_after_topk'"),
+        ({"k": 2}, r"gives 'k' for a relu SAE"),
+        ({"threshold_inclusive": True}, r"gives 'threshold_inclusive' for a relu SAE"),
+        ({"nonlinearity": "topk"}, r"contradicts itself: architecture 'relu' but nonlinearity 'topk'"),
+        ({"normalization": "shift_scale"}, r"'input_scalar' belongs with 'shift_scale'"),
+        ({"normalization": "batch_norm"}, r"invalid \(normalization"),
+        ({"activation": "relu"}, r"invalid \(activation"),  # the version-1 name
     ],
 )
 def test_invalid_config_is_reported(tmp_path, change, message):
@@ -406,6 +447,18 @@ def test_invalid_config_is_reported(tmp_path, change, message):
     _rewrite(path, config={**_config(path), **change})
     with pytest.raises(SAEFileError, match=message):
         load(path)
+
+
+def test_version1_file_reads_as_it_always_did(tmp_path):
+    path = _version1_file(tmp_path)
+    sae = load(path)
+    assert (sae.tokens, sae.site, sae.layer, sae.normalization) == ("patch", "resid_post", 3, "none")
+    w = {name: tensor.double() for name, tensor in load_file(str(path)).items()}
+    h = torch.randn(9, 4, generator=torch.Generator().manual_seed(12), dtype=torch.float64) + 2.0
+    expected = torch.relu((h - w["b_d"]) @ w["W_e"].T + w["b_e"])
+    torch.testing.assert_close(sae.double().encode(h), expected, rtol=0, atol=1e-12)
+    resaved = save(sae, tmp_path / "v2.safetensors")
+    assert _config(resaved)["format_version"] == 2 and _config(resaved)["tokens"] == "patch"
 
 
 def test_config_that_is_not_json_is_reported(tmp_path):
@@ -430,10 +483,12 @@ def test_layer_is_filled_in_when_the_checkpoint_has_none(tmp_path):
     assert load_any(path, layer=5).layer == 5
 
 
-def test_site_mismatch_is_reported(tmp_path):
+def test_tokens_and_site_mismatches_are_reported(tmp_path):
     path = _good_file(tmp_path)
-    with pytest.raises(SAEConfigError, match=r"site 'cls' but .* site 'patch'"):
-        load_any(path, site="cls")
+    with pytest.raises(SAEConfigError, match=r"tokens 'cls' but .* tokens 'patch'"):
+        load_any(path, tokens="cls")
+    with pytest.raises(SAEConfigError, match=r"site 'mlp_out' but .* site 'resid_post'"):
+        load_any(path, site="mlp_out")
 
 
 def test_architecture_and_k_are_checked(tmp_path):
@@ -443,9 +498,9 @@ def test_architecture_and_k_are_checked(tmp_path):
         load_topk(relu_path)
     with pytest.raises(SAEConfigError, match=r"holds a topk SAE, not a relu one"):
         load_relu(topk_path)
-    with pytest.raises(SAEConfigError, match=r"k=3 but .* k=2"):
+    with pytest.raises(SAEConfigError, match=r"k = 3 but .* records k = 2"):
         load_topk(topk_path, k=3)
-    with pytest.raises(SAEConfigError, match="subtract_decoder_bias applies only"):
+    with pytest.raises(SAEConfigError, match="subtract_decoder_bias does not apply to .*a cafe checkpoint"):
         load_relu(relu_path, subtract_decoder_bias=False)
     assert isinstance(load_any(topk_path), TopKSAE) and load_topk(topk_path, k=2).k == 2
 
@@ -454,19 +509,21 @@ def test_plain_state_dict_in_native_layout(tmp_path):
     sae = _randomise(TopKSAE(D_IN, D_SAE, k=K), seed=10)
     path = tmp_path / "state.pt"
     torch.save(sae.state_dict(), path)
-    loaded = load_topk(path, k=K, layer=4)
-    assert (loaded.layer, loaded.site, loaded.k) == (4, "all", K)
+    loaded = load_topk(path, k=K, layer=4, tokens="all")
+    assert (loaded.layer, loaded.tokens, loaded.site, loaded.k) == (4, "all", "resid_post", K)
     h = _h().float()
     torch.testing.assert_close(loaded(h), sae(h), rtol=0, atol=0)
-    with pytest.raises(SAEConfigError, match="does not record the TopK k; give k"):
-        load_topk(path)
+    with pytest.raises(SAEConfigError, match="does not record k; give k"):
+        load_topk(path, tokens="all")
+    with pytest.raises(SAEConfigError, match="does not record which tokens"):
+        load_topk(path, k=K)
 
 
 def test_torch_file_that_is_not_a_state_dict_is_reported(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {"W_e": torch.zeros(2, 2)}, "step": 3}, path)
     with pytest.raises(SAEFileError, match=r"not a flat mapping of names to tensors"):
-        load_relu(path)
+        load_relu(path, tokens="all")
 
 
 @pytest.mark.parametrize("subtract", [None, True, False])
@@ -476,7 +533,7 @@ def test_plain_state_dict_in_w_enc_layout(tmp_path, subtract):
     w_dec, b_dec = torch.randn(D_SAE, D_IN, generator=generator), torch.randn(D_IN, generator=generator)
     path = tmp_path / "sae_weights.safetensors"
     save_file({"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}, str(path))
-    sae = load_relu(path, layer=1, subtract_decoder_bias=subtract)
+    sae = load_relu(path, layer=1, tokens="patch", subtract_decoder_bias=subtract)
     h = torch.randn(5, D_IN, generator=generator)
     shifted = h - b_dec if subtract in (None, True) else h
     z = torch.relu(shifted @ w_enc + b_enc)
@@ -489,11 +546,11 @@ def test_w_enc_layout_problems_are_reported(tmp_path):
     path = tmp_path / "sae_weights.safetensors"
     tensors = {"W_enc": torch.randn(4, 8), "b_enc": torch.randn(8), "W_dec": torch.randn(4, 8), "b_dec": torch.randn(4)}
     save_file(tensors, str(path))
-    with pytest.raises(SAEFileError, match=r"'W_dec' of .* has shape \[4, 8\] but .*requires \[8, 4\]"):
-        load_relu(path)
+    with pytest.raises(SAEFileError, match=r"'W_dec' has shape \[4, 8\] but .* needs \[8, 4\]"):
+        load_relu(path, tokens="all")
     save_file({"encoder.weight": torch.randn(8, 4)}, str(path))
     with pytest.raises(SAEFileError, match=r"tensors of a known layout .*'encoder\.weight'.*W_enc"):
-        load_relu(path)
+        load_relu(path, tokens="all")
 
 
 # -- registration -----------------------------------------------------------------------------------------------
@@ -530,8 +587,9 @@ def test_params_reject_missing_paths_and_unknown_keys(tmp_path):
     registration = PluginHost(strict=True).registry("sae").get("relu")
     with pytest.raises(ValidationError, match="does not exist; check the path"):
         registration.validate({"path": str(tmp_path / "missing.safetensors")})
-    with pytest.raises(ValidationError, match="is a directory"):
-        registration.validate({"path": str(tmp_path)})
+    registration.validate({"path": str(tmp_path)})  # a folder is a valid location; what it holds is read at build
+    with pytest.raises(SAEFileError, match="holds no SAE checkpoint cafe recognises"):
+        registration.build({"path": str(tmp_path)})
     with pytest.raises(ValidationError, match="device"):
         registration.validate({"path": str(_good_file(tmp_path)), "device": "cuda"})
     with pytest.raises(ValidationError, match="layer"):

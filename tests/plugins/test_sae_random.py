@@ -29,6 +29,12 @@ def test_random_topk_keeps_k_latents(random_sae):
     check_sae(sae, h)
 
 
+def test_random_sae_records_its_tokens(random_sae):
+    assert random_sae.build({"d_in": 8, "d_sae": 16, "layer": 0}).tokens == "patch"
+    sae = random_sae.build({"d_in": 8, "d_sae": 16, "layer": 0, "tokens": "cls"})
+    assert (sae.tokens, sae.site) == ("cls", "resid_post")
+
+
 def test_params_are_checked(random_sae):
     with pytest.raises(ValidationError, match="needs k"):
         random_sae.validate({"d_in": 16, "d_sae": 64, "layer": 0, "architecture": "topk"})
@@ -36,3 +42,5 @@ def test_params_are_checked(random_sae):
         random_sae.validate({"d_in": 16, "d_sae": 64, "layer": 0, "k": 3})
     with pytest.raises(ValidationError):
         random_sae.validate({"d_in": 0, "d_sae": 64, "layer": 0})
+    with pytest.raises(ValidationError, match="k = 65 is more than d_sae = 64"):
+        random_sae.validate({"d_in": 16, "d_sae": 64, "layer": 0, "architecture": "topk", "k": 65})

@@ -14,6 +14,7 @@ from cafe_core.errors import SpecError
 from cafe_core.plugins import PluginHost
 from cafe_sae import ReluSAE, TopKSAE, load, save
 from cafe_sae.training import (
+    ActivationManifest,
     ActivationStore,
     ActivationStoreError,
     TrainingError,
@@ -67,7 +68,7 @@ def synthetic(tmp_path_factory):
     """3000 sparse tokens in shards of 500, as layer 1 patch activations."""
     folder = tmp_path_factory.mktemp("synthetic") / "activations"
     tokens = sparse_tokens(3000)
-    write_activations(tokens, folder, layer=1, site="patch", shard_tokens=500)
+    write_activations(tokens, folder, layer=1, tokens="patch", shard_tokens=500)
     return folder, tokens
 
 
@@ -203,10 +204,11 @@ def test_reported_l0_and_fve_match_an_independent_count_on_the_saved_sae(trained
     assert {"steps": 300, "l1_coefficient": 0.1, "d_sae": 48, "architecture": "relu"}.items() <= stored.items()
 
 
-def test_trained_sae_records_layer_and_site_and_reloads_with_identical_outputs(trained_relu, synthetic):
+def test_trained_sae_records_layer_and_tokens_and_reloads_with_identical_outputs(trained_relu, synthetic):
     _, tokens = synthetic
     loaded = load(trained_relu.sae_path)
-    assert isinstance(loaded, ReluSAE) and (loaded.layer, loaded.site, loaded.d_in, loaded.d_sae) == (1, "patch", D, 48)
+    assert isinstance(loaded, ReluSAE)
+    assert (loaded.layer, loaded.tokens, loaded.site, loaded.d_in, loaded.d_sae) == (1, "patch", "resid_post", D, 48)
     h = torch.from_numpy(tokens[:50])
     for got, expected in zip(loaded(h), trained_relu.sae(h)):
         assert torch.equal(got, expected)
@@ -367,12 +369,13 @@ def _direct_tokens(backbone, dataset, layer, positions, batch_size):
 
 
 @pytest.mark.parametrize(
-    "site, positions, per_image", [("patch", slice(1, 17), 16), ("cls", [0], 1), ("all", slice(0, 17), 17)]
+    "token_set, positions, per_image", [("patch", slice(1, 17), 16), ("cls", [0], 1), ("all", slice(0, 17), 17)]
 )
-def test_collection_stores_exactly_the_tokens_of_forward_to(vit_assets, tmp_path, site, positions, per_image):
+def test_collection_stores_exactly_the_tokens_of_forward_to(vit_assets, tmp_path, token_set, positions, per_image):
     backbone, dataset = _vit(vit_assets), _folder(vit_assets)
-    manifest = collect_activations(backbone, dataset, 1, site, tmp_path / "acts", batch_size=2, shard_tokens=7)
-    assert (manifest.d_in, manifest.layer, manifest.site, manifest.tokens_per_image) == (32, 1, site, per_image)
+    manifest = collect_activations(backbone, dataset, 1, token_set, tmp_path / "acts", batch_size=2, shard_tokens=7)
+    assert (manifest.d_in, manifest.layer, manifest.token_set, manifest.tokens_per_image) == (32, 1, token_set,
+                                                                                              per_image)
     assert manifest.complete and manifest.num_tokens == 5 * per_image and manifest.images_done == 5
     sizes = [s.tokens for s in manifest.shards]
     assert all(size == 7 for size in sizes[:-1]) and 1 <= sizes[-1] <= 7
@@ -423,7 +426,7 @@ def test_collection_problems_are_reported(vit_assets, tmp_path):
     with pytest.raises(ActivationStoreError, match="layer 2 is past the backbone's 2 blocks"):
         collect_activations(backbone, dataset, 2, "patch", tmp_path / "a")
     backbone.prefix_tokens = ()  # as for a model without a class token
-    with pytest.raises(ActivationStoreError, match="site 'cls' needs a class token"):
+    with pytest.raises(ActivationStoreError, match="tokens 'cls' needs a class token"):
         collect_activations(backbone, dataset, 0, "cls", tmp_path / "a")
     backbone = _vit(vit_assets)
     collect_activations(backbone, dataset, 0, "cls", tmp_path / "b", limit=2)
@@ -442,13 +445,13 @@ checkpoint = "vit.safetensors"
 img_size = 32
 model_kwargs = {{ patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }}
 
-[data]
+[dataset]
 name = "folder"
 path = "images"
 
 [sae]
 layer = {layer}
-site = "patch"
+tokens = "patch"
 architecture = "relu"
 expansion = 2
 l1_coefficient = 0.001
@@ -474,10 +477,10 @@ def test_train_sae_command_end_to_end(vit_assets, tmp_path, capsys):
     assert "variance explained" in printed and "mean L0" in printed and "dead latents" in printed
     assert {p.name for p in out.iterdir()} >= {"activations", "checkpoints", "sae.safetensors", "metrics.jsonl"}
     sae = load(out / "sae.safetensors")
-    assert (sae.layer, sae.site, sae.d_in, sae.d_sae) == (1, "patch", 32, 64)
+    assert (sae.layer, sae.tokens, sae.d_in, sae.d_sae) == (1, "patch", 32, 64)
     assert sae.extra["training"]["steps"] == 30 and sae.extra["backbone"]["name"] == "timm"
     manifest = json.loads((out / "activations" / "manifest.json").read_text())
-    assert (manifest["tokens"], manifest["layer"], manifest["site"]) == (80, 1, "patch")
+    assert (manifest["tokens"], manifest["layer"], manifest["token_set"]) == (80, 1, "patch")
     assert max(s["tokens"] for s in manifest["shards"]) <= 20
     first = sae.W_e.detach().clone()
 
@@ -516,20 +519,20 @@ def test_problems_found_by_building_the_backbone_are_reported_with_the_rest(vit_
     raw = {
         "backbone": {"name": "timm", "model": "vit_tiny_patch16_224", "checkpoint": str(vit_assets / "vit.safetensors"),
                      "img_size": 32, "model_kwargs": VIT_KWARGS},
-        "data": {"name": "folder", "path": str(vit_assets / "missing")},
-        "sae": {"layer": 5, "site": "patch", "architecture": "topk", "d_sae": 64, "k": 8},
+        "dataset": {"name": "folder", "path": str(vit_assets / "missing")},
+        "sae": {"layer": 5, "tokens": "patch", "architecture": "topk", "d_sae": 64, "k": 8},
         "training": {"steps": 10, "lr": 0, "device": "gpu"},
         "run": {},
     }
     with pytest.raises(SpecError) as info:
         prepare_training(raw)
     paths = [path for path, _ in info.value.problems]
-    assert sorted(paths) == ["data.path", "run", "sae.layer", "training.device", "training.lr"]
+    assert sorted(paths) == ["dataset.path", "run", "sae.layer", "training.device", "training.lr"]
     assert "layer 5 is past the backbone's 2 blocks" in dict(info.value.problems)["sae.layer"]
 
 
 def test_sae_section_rules():
-    base = {"backbone": {"name": "timm"}, "data": {"name": "folder"}, "training": {"epochs": 1}}
+    base = {"backbone": {"name": "timm"}, "dataset": {"name": "folder"}, "training": {"epochs": 1}}
     cases = {
         "give exactly one of `d_sae`": {"layer": 0, "l1_coefficient": 0.1},
         "a relu SAE needs `l1_coefficient`": {"layer": 0, "d_sae": 8},
@@ -541,7 +544,45 @@ def test_sae_section_rules():
         with pytest.raises(SpecError, match=message):
             load_training_spec({**base, "sae": sae})
     spec, _ = load_training_spec({**base, "sae": {"layer": 3, "expansion": 4, "architecture": "topk", "k": 8}})
-    assert spec.training.batch_size == 4096 and spec.training.device == "auto" and spec.sae.site == "patch"
+    assert spec.training.batch_size == 4096 and spec.training.device == "auto" and spec.sae.tokens == "patch"
+
+
+def test_old_site_key_of_the_sae_section_still_works_with_a_warning():
+    base = {"backbone": {"name": "timm"}, "dataset": {"name": "folder"}, "training": {"epochs": 1}}
+    sae = {"layer": 0, "d_sae": 8, "l1_coefficient": 0.1, "site": "cls"}
+    with pytest.warns(DeprecationWarning, match="write `tokens = \"cls\"`"):
+        spec, _ = load_training_spec({**base, "sae": sae})
+    assert spec.sae.tokens == "cls"
+    with pytest.raises(SpecError, match="contradicts tokens = 'all'"), pytest.warns(DeprecationWarning):
+        load_training_spec({**base, "sae": {**sae, "tokens": "all"}})
+
+
+def test_old_data_section_of_a_training_spec_is_read_as_dataset_with_a_warning():
+    base = {"backbone": {"name": "timm"}, "data": {"name": "folder"}, "training": {"epochs": 1},
+            "sae": {"layer": 0, "d_sae": 8, "l1_coefficient": 0.1}}
+    with pytest.warns(DeprecationWarning, match="`data` is deprecated, write `dataset` instead"):
+        spec, _ = load_training_spec(base)
+    assert spec.dataset.name == "folder"
+    with pytest.raises(SpecError, match="give only `dataset`"):
+        load_training_spec({**base, "dataset": {"name": "folder"}})
+
+
+def test_version1_manifest_and_checkpoint_settings_are_still_read(tmp_path):
+    from cafe_sae.training.trainer import _upgraded_settings
+
+    manifest = write_activations(sparse_tokens(20), tmp_path / "acts", layer=0, tokens="cls")
+    path = tmp_path / "acts" / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["site"] = raw.pop("token_set")
+    raw["format_version"] = 1
+    path.write_text(json.dumps(raw))
+    old = ActivationManifest.read(tmp_path / "acts")
+    assert old.token_set == "cls" and old.identity() == manifest.identity()
+    raw["source"] = {"data": {"name": "folder"}, "limit": None}  # version 1 also called the dataset "data"
+    path.write_text(json.dumps(raw))
+    assert ActivationManifest.read(tmp_path / "acts").source == {"dataset": {"name": "folder"}, "limit": None}
+    settings = {"lr": 0.1, "activations": {"layer": 0, "site": "cls"}}
+    assert _upgraded_settings(settings) == {"lr": 0.1, "activations": {"layer": 0, "token_set": "cls"}}
 
 
 def test_the_command_is_registered_by_the_sae_plugin():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pydantic
 import pytest
 import torch
 
 from cafe_attnlrp.attributor import AttnLRP, CPLRP
 from cafe_baselines.gradient_x_input import GradientXInput
+from cafe_baselines.params import GradientXInputParams
 from cafe_core.gradients import BATCHING, frozen, identical_rows, input_gradients
 from cafe_core.protocols import RunContext, TargetFunction
 from handbuilt import CountingBackbone, LinearReluSAE, TinyTimmViT
@@ -127,8 +129,8 @@ def test_unknown_batching_is_refused_with_the_choices(setting):
     backbone, sae, x, latents, positions = setting
     with pytest.raises(ValueError, match="auto, rows, shared, jacobian"):
         input_gradients(TargetFunction(backbone, sae, 1, latents, positions), x, RunContext(), batching="tiles")
-    with pytest.raises(ValueError, match="batching must be one of"):
-        GradientXInput(batching="tiles")
+    with pytest.raises(pydantic.ValidationError, match="'auto', 'rows', 'shared' or 'jacobian'"):
+        GradientXInputParams(batching="tiles")
 
 
 @pytest.mark.parametrize("attributor", [GradientXInput, AttnLRP, CPLRP])
@@ -165,7 +167,7 @@ def test_every_batching_on_cuda_matches_the_cpu(setting, batching):
     from cafe_sae import ReluSAE
 
     backbone, _, x, latents, positions = setting
-    sae = ReluSAE.random_init(WIDTH, 96, seed=0, layer=1, site="all")
+    sae = ReluSAE.random_init(WIDTH, 96, seed=0, layer=1, tokens="all")
     on_cpu = input_gradients(TargetFunction(backbone, sae, 1, latents, positions), x, RunContext(batch_size=8),
                              batching=batching)
     cuda_backbone = TinyTimmViT()

@@ -34,16 +34,16 @@ def test_shipped_vit_reaches_its_recorded_accuracy_on_fresh_images(toy_vit):
     assert accuracy > 0.25 + 0.4  # far above the 4-class chance level
 
 
-@pytest.mark.parametrize("layer, site", [(0, "patch"), (2, "patch"), (3, "patch"), (3, "cls")])
-def test_shipped_saes_load_conform_and_are_alive(host, toy_vit, layer, site):
+@pytest.mark.parametrize("layer, tokens", [(0, "patch"), (2, "patch"), (3, "patch"), (3, "cls")])
+def test_shipped_saes_load_conform_and_are_alive(host, toy_vit, layer, tokens):
     from cafe_shapes import ShapesDataset
 
-    sae = host.registry("sae").get("toy_sae").build({"layer": layer, "site": site})
-    assert (sae.layer, sae.site, sae.d_in) == (layer, site, toy_vit.width)
+    sae = host.registry("sae").get("toy_sae").build({"layer": layer, "tokens": tokens})
+    assert (sae.layer, sae.tokens, sae.site, sae.d_in) == (layer, tokens, "resid_post", toy_vit.width)
     images, _, _ = ShapesDataset(256, seed=7).tensors()
     with torch.no_grad():
-        tokens = toy_vit.forward_to(toy_vit.preprocess(list(images)), layer)
-    h = tokens[:, 0] if site == "cls" else tokens[:, 1:].reshape(-1, tokens.shape[-1])
+        activations = toy_vit.forward_to(toy_vit.preprocess(list(images)), layer)
+    h = activations[:, 0] if tokens == "cls" else activations[:, 1:].reshape(-1, activations.shape[-1])
     codes = check_sae(sae, h)
     alive = (codes > 0).any(0).float().mean().item()
     assert alive > 0.5, f"only {alive:.0%} of the latents fire on 256 images"
@@ -55,8 +55,39 @@ def test_shipped_saes_load_conform_and_are_alive(host, toy_vit, layer, site):
 def test_unshipped_sae_is_refused_with_the_available_ones(host):
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=r"no shipped SAE for layer=1.*available: \(layer=0, site='patch'\)"):
+    with pytest.raises(ValidationError, match=r"no shipped SAE for layer=1.*available: \(layer=0, tokens='patch'\)"):
         host.registry("sae").get("toy_sae").validate({"layer": 1})
+
+
+def test_old_site_param_still_picks_the_shipped_sae_with_a_warning(host):
+    with pytest.warns(DeprecationWarning, match='write `tokens = "cls"`'):
+        params = host.registry("sae").get("toy_sae").validate({"layer": 3, "site": "cls"})
+    assert (params.layer, params.tokens) == (3, "cls")
+
+
+@pytest.mark.parametrize("layer, tokens", [(0, "patch"), (2, "patch"), (3, "patch"), (3, "cls")])
+def test_shipped_version1_files_give_bit_identical_latents(host, layer, tokens):
+    """The shipped files predate format version 2; they must load unchanged and encode as they always did."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file
+
+    from cafe_toy.assets import sae_path
+
+    path = sae_path(layer, tokens)
+    with open(path, "rb") as handle:
+        header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+    config = json.loads(header["__metadata__"]["cafe_sae"])
+    assert (config["format_version"], config["site"]) == (1, tokens)
+    w = load_file(str(path))
+    sae = host.registry("sae").get("toy_sae").build({"layer": layer, "tokens": tokens})
+    h = torch.randn(64, w["W_e"].shape[1], generator=torch.Generator().manual_seed(layer)) * 3 + 1
+    expected = torch.relu(torch.nn.functional.linear(h - w["b_d"], w["W_e"], w["b_e"]))
+    assert torch.equal(sae.encode(h), expected)
+    rows = torch.arange(64) % w["W_e"].shape[0]
+    one_row_each = torch.einsum("nd,nd->n", h - w["b_d"], w["W_e"][rows]) + w["b_e"][rows]
+    assert torch.equal(sae.encode_latents(h, rows), torch.relu(one_row_each))
 
 
 def test_vit_training_lowers_the_loss_and_saved_weights_reload(tmp_path):

@@ -18,6 +18,7 @@ pytest.importorskip("cafe_zennit")
 from torch.nn.utils.fusion import fuse_conv_bn_eval  # noqa: E402
 from zennit.composites import EpsilonPlus  # noqa: E402
 
+from cafe_core.errors import IncompatibleComponentError  # noqa: E402
 from cafe_core.plugins import PluginHost  # noqa: E402
 from cafe_core.protocols import Attributor, RunContext, TargetFunction  # noqa: E402
 from cafe_core.testing import check_attributor  # noqa: E402
@@ -34,6 +35,7 @@ from cafe_zennit.attributor import (  # noqa: E402
     input_bounds,
 )
 from cafe_zennit.canonizers import ExactSequentialMergeBatchNorm, TimmResNetBlockCanonizer  # noqa: E402
+from cafe_zennit.params import EpsilonGammaBoxParams, EpsilonPlusParams  # noqa: E402
 from cafe_zennit.relevance import composite_relevance, registered  # noqa: E402
 from cafe_zennit.rules import LayerNormEpsilon  # noqa: E402
 
@@ -141,11 +143,11 @@ def test_components_satisfy_the_protocol():
         assert isinstance(cls(), Attributor) and cls.needs_grad
     assert [cls.conserves_relevance for cls in METHODS.values()] == [True, True, True, False]
     for bad in ({"epsilon": 0.0}, {"stabilizer": -1.0}, {"epsilon": float("nan")}):
-        with pytest.raises(ValueError):
-            EpsilonPlusLRP(**bad)
-    with pytest.raises(ValueError, match="gamma"):
-        EpsilonGammaBoxLRP(gamma=-0.5)
-    assert EpsilonGammaBoxLRP(gamma=0.0).gamma == 0.0
+        with pytest.raises(pydantic.ValidationError):
+            EpsilonPlusParams(**bad)
+    with pytest.raises(pydantic.ValidationError, match="gamma"):
+        EpsilonGammaBoxParams(gamma=-0.5)
+    assert EpsilonGammaBoxParams(gamma=0.0).gamma == 0.0
 
 
 @pytest.mark.parametrize("arch", sorted(NARROW))
@@ -430,6 +432,62 @@ def test_unsupported_models_are_refused_without_touching_them(build, message):
     with pytest.raises(UnsupportedModelError, match=message):
         EpsilonPlusLRP().attribute(target, x, RunContext())
     assert before.differences(snapshot(backbone.model)) == []
+
+
+@pytest.mark.parametrize("method", list(METHODS.values()), ids=list(METHODS))
+def test_compatibility_is_checked_before_any_image(method):
+    for spec in NARROW.values():
+        assert method().check_compatible(_backbone(spec, dtype=torch.float32)) == []
+    (problem,) = method().check_compatible(_vit())
+    assert "the backbone's model is a VisionTransformer (timm.models.vision_transformer)" in problem
+    assert "'attnlrp' or 'cp_lrp'" in problem
+    se_resnet = _se_resnet()
+    (problem,) = method().check_compatible(se_resnet)
+    assert f"stages 0..{se_resnet.depth - 1}" in problem
+    assert [f"layer{i + 1}.0.se (SEModule" in problem for i in range(se_resnet.depth)] == [True] * se_resnet.depth
+
+
+def test_the_runtime_error_is_the_problem_the_check_reports():
+    backbone = _se_resnet()
+    last = backbone.depth - 1
+    (problem,) = EpsilonPlusLRP().check_compatible(backbone)
+    target = TargetFunction(backbone, _sae(backbone.layer_width(last), dtype=torch.float32), last, [0], [0])
+    with pytest.raises(IncompatibleComponentError) as raised:
+        EpsilonPlusLRP().attribute(target, torch.rand(1, 3, *backbone.image_size), RunContext())
+    assert str(raised.value) == problem
+
+
+class _PixelInputConvNet:
+    """A timm ResNet that takes pixels in [0, 1] and normalises them inside ``forward_to``: no mean and std."""
+
+    def __init__(self, inner: TimmConvNet) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self.depth, self.width, self.prefix_tokens = inner.depth, inner.width, inner.prefix_tokens
+        self.image_size, self.patch_size, self.grid_size = inner.image_size, inner.patch_size, inner.grid_size
+
+    def layer_grid(self, layer):
+        return self.inner.layer_grid(layer)
+
+    def layer_width(self, layer):
+        return self.inner.layer_width(layer)
+
+    def preprocess(self, images):
+        return self.inner.preprocess(images) * self.inner.std + self.inner.mean
+
+    def forward_to(self, x, layer):
+        return self.inner.forward_to((x - self.inner.mean) / self.inner.std, layer)
+
+
+def test_gamma_box_needs_the_backbone_normalisation():
+    backbone = _PixelInputConvNet(_backbone(NARROW["resnet18"], dtype=torch.float32))
+    assert EpsilonPlusLRP().check_compatible(backbone) == []
+    (problem,) = EpsilonGammaBoxLRP().check_compatible(backbone)
+    assert "_PixelInputConvNet" in problem and "no mean and std" in problem
+    target = TargetFunction(backbone, _sae(backbone.layer_width(1), dtype=torch.float32), 1, [0], [0])
+    with pytest.raises(IncompatibleComponentError) as raised:
+        EpsilonGammaBoxLRP().attribute(target, torch.rand(1, 3, *backbone.image_size), RunContext())
+    assert str(raised.value) == problem
 
 
 def test_batch_norm_in_training_mode_is_refused():

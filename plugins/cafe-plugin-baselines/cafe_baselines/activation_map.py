@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 
-from cafe_core.protocols import Attribution, RunContext, TargetFunction
+from cafe_core.errors import IncompatibleComponentError
+from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction, layer_grid
 
 __all__ = ["ActivationMap"]
+
+
+def grid_problem(backbone: Backbone, layer: int) -> str | None:
+    """Why the activation map cannot be drawn at ``layer`` of ``backbone`` (its token grid is not the heatmap's)."""
+    gh, gw = backbone.grid_size
+    tokens_grid = layer_grid(backbone, layer)
+    if tokens_grid == (gh, gw):
+        return None
+    kind = type(backbone)
+    return (
+        f"activation_map needs one token of layer {layer} per heatmap patch, but that layer of "
+        f"{kind.__name__} ({kind.__module__}) has {tokens_grid[0]}x{tokens_grid[1]} tokens and the heatmap "
+        f"grid is {gh}x{gw}; explain a layer whose token grid is the heatmap grid (for timm_conv, set "
+        "patch_size to that stage's stride) or use a gradient attributor"
+    )
 
 
 class ActivationMap:
@@ -27,6 +45,11 @@ class ActivationMap:
     needs_grad = False
     conserves_relevance = False
 
+    def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
+        """Problems that stop the map from being drawn at the layers of ``saes`` (see :func:`grid_problem`)."""
+        found = (grid_problem(backbone, sae.layer) for sae in saes if sae.layer is not None)
+        return [problem for problem in found if problem]
+
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Activation maps ``[B, gh, gw]`` of the rows of ``x [B, 3, H, W]``.
 
@@ -43,8 +66,16 @@ class ActivationMap:
         -------
         Attribution
             The maps as ``heatmap`` and the latent at the target token as ``info["z"]``.
+
+        Raises
+        ------
+        cafe_core.errors.IncompatibleComponentError
+            If the target's layer has a token grid other than the heatmap grid (an inner stage of a conv net).
         """
         backbone, sae = target.backbone, target.sae
+        problem = grid_problem(backbone, target.layer)
+        if problem:
+            raise IncompatibleComponentError(problem)
         gh, gw = backbone.grid_size
         n_prefix = len(backbone.prefix_tokens)
         n_patches = gh * gw

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from cafe_core.batching import check_batching
 from cafe_core.gradients import input_gradients
 from cafe_core.patches import pixels_to_patches
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
@@ -39,7 +38,7 @@ class GradientXInput:
 
     def __init__(self, absolute: bool = False, batching: str = "auto") -> None:
         self.absolute = bool(absolute)
-        self.batching = check_batching(batching)
+        self.batching = batching
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Gradient x input maps of the rows of ``x [B, 3, H, W]``.

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 
-from cafe_core.blanks import check_blank, make_blank
+from cafe_core.blanks import make_blank, patch_tiling_problem
+from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import patches_to_pixels
-from cafe_core.protocols import Attribution, RunContext, TargetFunction
+from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction
 
 __all__ = ["Occlusion"]
+
 
 class Occlusion:
     """Heatmap of ``z(x) - z(x with patch p blanked)`` for every patch ``p`` alone.
@@ -37,9 +41,13 @@ class Occlusion:
     conserves_relevance = False
 
     def __init__(self, blank: str = "zeros", blur_sigma: float | None = None) -> None:
-        check_blank(blank, blur_sigma)
         self.blank = blank
         self.blur_sigma = blur_sigma
+
+    def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
+        """Problems that stop occlusion from working on ``backbone``: patches that do not tile its input."""
+        problem = patch_tiling_problem("occlusion", backbone)
+        return [problem] if problem else []
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Occlusion maps of the rows of ``x [B, 3, H, W]``.
@@ -57,13 +65,17 @@ class Occlusion:
         -------
         Attribution
             ``heatmap [B, gh, gw]`` (the drop of ``z`` when each patch is blanked) and ``info["z"]``.
+
+        Raises
+        ------
+        cafe_core.errors.IncompatibleComponentError
+            If the backbone's patches do not tile ``x`` (:func:`cafe_core.blanks.patch_tiling_problem`).
         """
         backbone = target.backbone
         (gh, gw), (ph, pw) = backbone.grid_size, backbone.patch_size
-        if tuple(x.shape[-2:]) != (gh * ph, gw * pw):
-            raise ValueError(
-                f"input is {x.shape[-2]}x{x.shape[-1]} but the backbone's grid covers {gh * ph}x{gw * pw} pixels"
-            )
+        problem = patch_tiling_problem("occlusion", backbone, x.shape[-2:])
+        if problem:
+            raise IncompatibleComponentError(problem)
         b, n_patches = len(x), gh * gw
         blank = make_blank(x, self.blank, self.blur_sigma)
         z = target.batched(x, context.batch_size)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from cafe_core.batching import Batching
-from cafe_core.blank_names import Blank
+from cafe_core.blank_names import Blank, BlurSigma
 
 __all__ = ["GradientXInputParams", "OcclusionParams", "RandomRankingParams"]
 
@@ -45,7 +45,7 @@ class OcclusionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     blank: Blank = "zeros"
-    blur_sigma: float | None = Field(None, gt=0)
+    blur_sigma: BlurSigma | None = None
 
 
 class RandomRankingParams(BaseModel):

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import pixels_to_patches
 from cafe_core.protocols import Attribution, TargetFunction
 
-__all__ = ["QUANTITIES", "latent_function", "to_attribution"]
+__all__ = ["latent_function", "pre_activation_problem", "to_attribution"]
 
-QUANTITIES = ("post", "pre")
+
+def pre_activation_problem(sae: Any) -> str | None:
+    """Why the pre-activation of ``sae``'s latents cannot be explained (it has no ``pre_activation_latents``)."""
+    if callable(getattr(sae, "pre_activation_latents", None)):
+        return None
+    kind = type(sae)
+    return (
+        f"quantity='pre' needs an SAE with pre_activation_latents(h, latents); {kind.__name__} "
+        f"({kind.__module__}) has none: use quantity='post', or an SAE from cafe-plugin-sae"
+    )
 
 
 def latent_function(target: TargetFunction, quantity: str = "post") -> Callable[[torch.Tensor], torch.Tensor]:
@@ -35,18 +45,12 @@ def latent_function(target: TargetFunction, quantity: str = "post") -> Callable[
 
     Raises
     ------
-    TypeError
+    cafe_core.errors.IncompatibleComponentError
         For ``quantity="pre"`` with an SAE that has no ``pre_activation_latents``.
-    ValueError
-        For an unknown quantity.
     """
-    if quantity not in QUANTITIES:
-        raise ValueError(f"unknown quantity {quantity!r}; expected one of {QUANTITIES}")
-    if quantity == "pre" and not callable(getattr(target.sae, "pre_activation_latents", None)):
-        raise TypeError(
-            f"quantity='pre' needs an SAE with pre_activation_latents(h, latents); {type(target.sae).__name__} "
-            "has none (use quantity='post', or an SAE from cafe-plugin-sae)"
-        )
+    problem = pre_activation_problem(target.sae) if quantity == "pre" else None
+    if problem:
+        raise IncompatibleComponentError(problem)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         rows = target.tile(x.shape[0] // len(target))

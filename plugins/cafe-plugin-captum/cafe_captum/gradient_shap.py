@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from cafe_core.blanks import make_blank
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
-from cafe_core.blanks import check_blank, make_blank
 
 from .functions import latent_function, to_attribution
 from .rng import seeded_global_rng
 
 __all__ = ["GradientShap"]
 
+
 class GradientShap:
     """Heatmap of GradientSHAP (:class:`captum.attr.GradientShap`), summed over channels and patches.
 
     Each of ``n_samples`` samples adds Gaussian noise of standard deviation ``stdevs`` to the image, picks a
-    point ``x0 + a (x' - x0)`` with ``a ~ U[0, 1]`` on the path from the baseline ``x0`` to the noisy image
+    point ``x0 + a (x' - x0)`` with ``a ~ U[0, 1]`` on the path from the blank ``x0`` to the noisy image
     ``x'``, and scores ``(x' - x0) * dz/dx`` there; the heatmap is the mean over samples. With
-    ``stdevs = 0`` it is a Monte Carlo estimate of integrated gradients from the same baseline.
+    ``stdevs = 0`` it is a Monte Carlo estimate of integrated gradients from the same blank.
 
     Parameters
     ----------
@@ -26,9 +27,9 @@ class GradientShap:
         Samples per heatmap.
     stdevs : float
         Noise standard deviation in model-input units (0 for none).
-    baseline : {"zeros", "mean", "blur"}
+    blank : {"zeros", "mean", "blur"} or "module:function"
         The reference, as the insertion test's blank (:func:`cafe_core.blanks.make_blank`). It is
-        made from each image, so every row draws from its own baseline: the distribution Captum samples
+        made from each image, so every row draws from its own blank: the distribution Captum samples
         from is that single blank.
     blur_sigma : float, optional
         Blur standard deviation in pixels; by default a tenth of the smaller image side.
@@ -43,23 +44,18 @@ class GradientShap:
     changes (to another sample of the same estimator) with a smaller one; CPU and CUDA draw differently.
 
     **Cost.** ``n_samples`` forward and backward passes per row, in passes of at most
-    ``context.batch_size`` images. Rows are not packed together, since each has its own baseline.
+    ``context.batch_size`` images. Rows are not packed together, since each has its own blank.
     """
 
     needs_grad = True
     conserves_relevance = False
 
     def __init__(
-        self, n_samples: int = 16, stdevs: float = 0.0, baseline: str = "zeros", blur_sigma: float | None = None
+        self, n_samples: int = 16, stdevs: float = 0.0, blank: str = "zeros", blur_sigma: float | None = None
     ) -> None:
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-        if stdevs < 0:
-            raise ValueError(f"stdevs must be non-negative, got {stdevs}")
-        check_blank(baseline, blur_sigma)
         self.n_samples = int(n_samples)
         self.stdevs = float(stdevs)
-        self.baseline = baseline
+        self.blank = blank
         self.blur_sigma = blur_sigma
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
@@ -81,7 +77,7 @@ class GradientShap:
         """
         from captum.attr import GradientShap as CaptumGradientShap
 
-        blank = make_blank(x.detach(), self.baseline, self.blur_sigma)
+        blank = make_blank(x.detach(), self.blank, self.blur_sigma)
         groups = list(context.chunks(self.n_samples))
         rows = []
         for i in range(len(x)):

@@ -16,7 +16,7 @@ class InputXGradient:
 
     Computed with :class:`captum.attr.InputXGradient`; the same quantity as the baselines plugin's
     ``gradient_x_input`` (without its ``absolute`` option), kept so that a table of Captum methods is
-    computed by one library. It equals integrated gradients from a zero baseline wherever ``z`` is linear
+    computed by one library. It equals integrated gradients from a zero blank wherever ``z`` is linear
     in ``x`` along the path.
 
     Notes

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cafe_core.blank_names import Blank
+from cafe_core.blank_names import Blank, BlurSigma
+from cafe_core.spec import renamed_key
 
 __all__ = [
-    "BlankKind",
     "GradientShapParams",
     "IntegratedGradientsParams",
     "IntegrationMethod",
@@ -18,11 +18,10 @@ __all__ = [
     "SaliencyParams",
 ]
 
-BlankKind = Blank
 IntegrationMethod = Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
 Quantity = Literal["post", "pre"]
 
-RIEMANN_METHODS = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+RIEMANN_METHODS = tuple(m for m in get_args(IntegrationMethod) if m.startswith("riemann_"))
 """Captum's Riemann rules, which need at least two steps."""
 
 
@@ -35,11 +34,12 @@ class IntegratedGradientsParams(BaseModel):
         Points of the path integral (at least 1; at least 2 for the Riemann rules).
     method : str
         Captum's quadrature rule: ``"gausslegendre"`` or ``"riemann_{trapezoid,left,right,middle}"``.
-    baseline : {"zeros", "mean", "blur"}
-        Where the path starts, as the insertion test's blank: a zero model input, the image's per-channel
-        mean colour, or a Gaussian blur of the image.
+    blank : {"zeros", "mean", "blur"} or "module:function"
+        Where the path starts, the same images as the insertion test's blank: a zero model input, the
+        image's per-channel mean colour, or a Gaussian blur of the image (written ``baseline`` before; that
+        key is still read, with a deprecation warning).
     blur_sigma : float or None
-        Blur standard deviation in pixels for ``baseline="blur"``; ``None`` means a tenth of the smaller
+        Blur standard deviation in pixels for ``blank="blur"``; ``None`` means a tenth of the smaller
         image side.
     quantity : {"post", "pre"}
         Integrate the latent ``z`` itself (``"post"``) or its pre-activation (``"pre"``).
@@ -49,9 +49,14 @@ class IntegratedGradientsParams(BaseModel):
 
     n_steps: int = Field(32, ge=1)
     method: IntegrationMethod = "gausslegendre"
-    baseline: BlankKind = "zeros"
-    blur_sigma: float | None = Field(None, gt=0)
+    blank: Blank = "zeros"
+    blur_sigma: BlurSigma | None = None
     quantity: Quantity = "post"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        return renamed_key(data, "baseline", "blank", "integrated_gradients")
 
     @model_validator(mode="after")
     def _riemann_needs_two_steps(self) -> "IntegratedGradientsParams":
@@ -83,15 +88,21 @@ class GradientShapParams(BaseModel):
         Random points per heatmap (at least 1).
     stdevs : float
         Standard deviation of the Gaussian noise added to the input at every sample (model-input units).
-    baseline : {"zeros", "mean", "blur"}
-        The reference each sample interpolates from, as the insertion test's blank.
+    blank : {"zeros", "mean", "blur"} or "module:function"
+        The reference each sample interpolates from, the same images as the insertion test's blank (written
+        ``baseline`` before; that key is still read, with a deprecation warning).
     blur_sigma : float or None
-        Blur standard deviation in pixels for ``baseline="blur"``.
+        Blur standard deviation in pixels for ``blank="blur"``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     n_samples: int = Field(16, ge=1)
     stdevs: float = Field(0.0, ge=0)
-    baseline: BlankKind = "zeros"
-    blur_sigma: float | None = Field(None, gt=0)
+    blank: Blank = "zeros"
+    blur_sigma: BlurSigma | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        return renamed_key(data, "baseline", "blank", "gradient_shap")

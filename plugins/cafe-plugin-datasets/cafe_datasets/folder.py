@@ -23,11 +23,12 @@ class ImageFolder:
     Parameters
     ----------
     path : path
-        The directory.
+        The directory (:class:`cafe_datasets.params.FolderParams` checks that it exists).
     recursive : bool
         Include subdirectories.
     extensions : sequence of str
-        File suffixes to include (case-insensitive).
+        File suffixes to include, lower case with the dot (as :class:`~cafe_datasets.params.FolderParams`
+        writes them); files match whatever the case of their suffix.
 
     Notes
     -----
@@ -39,9 +40,7 @@ class ImageFolder:
         self, path: str | pathlib.Path, recursive: bool = True, extensions: Sequence[str] = DEFAULT_EXTENSIONS
     ) -> None:
         self.root = pathlib.Path(path)
-        if not self.root.is_dir():
-            raise CafeError(f"image folder {str(self.root)!r} does not exist or is not a directory")
-        suffixes = {e.lower() for e in extensions}
+        suffixes = set(extensions)
         candidates = self.root.rglob("*") if recursive else self.root.iterdir()
         self.files = sorted(
             (p for p in candidates if p.is_file() and p.suffix.lower() in suffixes),

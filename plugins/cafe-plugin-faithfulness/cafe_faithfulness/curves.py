@@ -8,12 +8,13 @@ from typing import Any, Sequence
 
 import torch
 
+from cafe_core.blanks import make_blank, patch_tiling_problem
+from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import patches_to_pixels, rank_patches
-from cafe_core.protocols import MetricResult, RunContext, TargetFunction
-
-from cafe_core.blanks import check_blank, make_blank
+from cafe_core.protocols import Backbone, MetricResult, RunContext, TargetFunction
 
 __all__ = ["Deletion", "Insertion", "PatchCurve", "curve_counts", "ranked_masks"]
+
 
 def curve_counts(n_patches: int, steps: int) -> list[int]:
     """Patches changed at each point of a curve: ``0, steps, 2 * steps, ...`` and always ``n_patches`` last.
@@ -53,8 +54,8 @@ class PatchCurve:
     ----------
     steps : int
         Patches inserted or removed between two points of the curve (at least 1).
-    blank : {"zeros", "blur", "mean"}
-        What a missing patch shows (see :func:`cafe_faithfulness.blanks.make_blank`).
+    blank : {"zeros", "blur", "mean"} or "module:function"
+        What a missing patch shows (see :func:`cafe_core.blanks.make_blank`).
     blur_sigma : float, optional
         Blur standard deviation in pixels, for ``blank="blur"``.
     clip : bool
@@ -62,12 +63,15 @@ class PatchCurve:
 
     Attributes
     ----------
+    name : str
+        ``"insertion"`` or ``"deletion"``, as the metric is registered (named in error messages).
     ranking_based : bool
         Always True: only the order of the heatmap's values matters.
     score_range : tuple of float or None
         ``(0, 1)`` when clipping; unbounded otherwise.
     """
 
+    name: str
     higher_is_better: bool
     inserting: bool
     ranking_based = True
@@ -75,14 +79,16 @@ class PatchCurve:
     def __init__(
         self, steps: int = 1, blank: str = "zeros", blur_sigma: float | None = None, clip: bool = True
     ) -> None:
-        if int(steps) < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        check_blank(blank, blur_sigma)
         self.steps = int(steps)
         self.blank = blank
         self.blur_sigma = blur_sigma
         self.clip = bool(clip)
         self.score_range = (0.0, 1.0) if self.clip else None
+
+    def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
+        """Problems that stop the metric from working on ``backbone``: patches that do not tile its input."""
+        problem = patch_tiling_problem(self.name, backbone)
+        return [problem] if problem else []
 
     def evaluate(
         self,
@@ -114,6 +120,11 @@ class PatchCurve:
             patches); ``raw_curve`` the normalised curve before clipping; ``info["full_z"]`` the latent on
             the full image (a row where it is zero or not finite scores NaN) and ``info["raw_auc"]`` the
             area under ``raw_curve``.
+
+        Raises
+        ------
+        cafe_core.errors.IncompatibleComponentError
+            If the backbone's patches do not tile ``x`` (:func:`cafe_core.blanks.patch_tiling_problem`).
         """
         backbone = target.backbone
         gh, gw = backbone.grid_size
@@ -126,11 +137,9 @@ class PatchCurve:
                 f"heatmap must have shape [B, gh, gw] = {[b, gh, gw]} (one value per patch token of the "
                 f"backbone's {gh}x{gw} grid), got {list(heatmap.shape)}"
             )
-        if tuple(x.shape[-2:]) != (gh * ph, gw * pw):
-            raise ValueError(
-                f"input is {x.shape[-2]}x{x.shape[-1]} but the backbone's grid covers "
-                f"{gh * ph}x{gw * pw} pixels ({gh}x{gw} patches of {ph}x{pw})"
-            )
+        problem = patch_tiling_problem(self.name, backbone, x.shape[-2:])
+        if problem:
+            raise IncompatibleComponentError(problem)
 
         n_patches = gh * gw
         counts = curve_counts(n_patches, self.steps)
@@ -172,6 +181,7 @@ class Insertion(PatchCurve):
     :class:`PatchCurve` for the parameters.
     """
 
+    name = "insertion"
     higher_is_better = True
     inserting = True
 
@@ -183,5 +193,6 @@ class Deletion(PatchCurve):
     :class:`PatchCurve` for the parameters.
     """
 
+    name = "deletion"
     higher_is_better = False
     inserting = False

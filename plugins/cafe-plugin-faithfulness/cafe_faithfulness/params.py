@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cafe_core.blank_names import Blank
+from cafe_core.blank_names import Blank, BlurSigma
 
-__all__ = ["BlankKind", "PatchCurveParams"]
-
-BlankKind = Blank
+__all__ = ["PatchCurveParams"]
 
 
 class PatchCurveParams(BaseModel):
@@ -30,6 +28,6 @@ class PatchCurveParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(1, ge=1)
-    blank: BlankKind = "zeros"
-    blur_sigma: float | None = Field(None, gt=0)
+    blank: Blank = "zeros"
+    blur_sigma: BlurSigma | None = None
     clip: bool = True

@@ -1,11 +1,13 @@
-"""ReLU and TopK sparse autoencoders for cafe, stored as single safetensors files.
+"""Sparse autoencoders for cafe: ReLU, TopK, JumpReLU and gated SAEs, cafe's own single-file checkpoints, and
+readers of the checkpoints of SAELens, saev, ViT-Prisma, dictionary_learning and overcomplete.
 
 Public API::
 
-    from cafe_sae import ReluSAE, TopKSAE, save, load
+    from cafe_sae import ReluSAE, TopKSAE, save, load, load_any
     sae = ReluSAE.random_init(768, 24576, seed=0, layer=10)
     save(sae, "sae.safetensors")
-    sae = load("sae.safetensors")
+    sae = load("sae.safetensors")                       # cafe's format, trainable
+    sae = load_any("saelens_folder/")                   # any supported format, frozen
 
 Importing this package is cheap: torch and safetensors load only when one of these names is first used.
 """
@@ -18,12 +20,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseSAE",
+    "GatedSAE",
+    "JumpReLUSAE",
     "ReluSAE",
     "SAEConfigError",
     "SAEFileError",
     "SAELoss",
     "TopKSAE",
     "load",
+    "load_any",
     "save",
     "__version__",
 ]
@@ -33,7 +38,10 @@ _LAZY = {
     "SAELoss": ("cafe_sae.base", "SAELoss"),
     "ReluSAE": ("cafe_sae.relu", "ReluSAE"),
     "TopKSAE": ("cafe_sae.topk", "TopKSAE"),
+    "JumpReLUSAE": ("cafe_sae.jumprelu", "JumpReLUSAE"),
+    "GatedSAE": ("cafe_sae.gated", "GatedSAE"),
     "load": ("cafe_sae.io", "load"),
+    "load_any": ("cafe_sae.loading", "load_any"),
     "save": ("cafe_sae.io", "save"),
     "SAEConfigError": ("cafe_sae.errors", "SAEConfigError"),
     "SAEFileError": ("cafe_sae.errors", "SAEFileError"),

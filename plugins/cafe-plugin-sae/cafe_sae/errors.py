@@ -12,4 +12,5 @@ class SAEFileError(CafeError, ValueError):
 
 
 class SAEConfigError(CafeError, ValueError):
-    """The parameters given for an SAE contradict its checkpoint (layer, site, architecture, k)."""
+    """The params of an SAE contradict its checkpoint (layer, site, tokens, architecture, k...), lack what the
+    checkpoint cannot hold, or do not apply to it."""

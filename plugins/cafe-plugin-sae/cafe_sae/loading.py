@@ -1,7 +1,8 @@
-"""The factories the plugin registers: read a checkpoint, check it against the params, build the SAE.
+"""The factories the plugin registers: find the checkpoint, read it in its format, build the SAE.
 
-They return the SAE frozen (``requires_grad`` off on every parameter): a run differentiates latents with
-respect to the input, never trains the dictionary, and must leave no parameter gradients behind.
+They take params validated by :mod:`cafe_sae.params` and return the SAE frozen (``requires_grad`` off on every
+parameter): a run differentiates latents with respect to the input, never trains the dictionary, and must leave
+no parameter gradients behind.
 """
 
 from __future__ import annotations
@@ -9,140 +10,104 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import BaseSAE
-from .errors import SAEConfigError, SAEFileError
-from .io import CONFIG_KEY, read_checkpoint, sae_from_config
-from .layouts import from_state_dict
+from .formats.detect import read_recipe
+from .formats.recipe import Reading, Request, assemble
+from .location import HUB_PREFIX, hub_location
 
-__all__ = ["load_file", "load_relu", "load_topk", "make_random"]
+__all__ = ["load_any", "load_file", "load_relu", "load_topk", "make_random"]
 
 
-def load_file(path: str | Path, layer: int | None = None, site: str | None = None) -> BaseSAE:
-    """Load a checkpoint written by :func:`cafe_sae.io.save`, whatever its architecture.
+def load_file(
+    path: str | Path,
+    format: str = "auto",
+    layer: int | None = None,
+    tokens: str | None = None,
+    site: str | None = None,
+    architecture: str | None = None,
+    k: int | None = None,
+    subtract_decoder_bias: bool | None = None,
+    input_mean: float | Path | None = None,
+    input_scalar: float | None = None,
+    *,
+    component: str | None = None,
+) -> BaseSAE:
+    """Load an SAE checkpoint of any supported format, frozen (the registered ``"file"`` SAE).
 
     Parameters
     ----------
     path : str or pathlib.Path
-        The checkpoint.
-    layer, site : optional
-        Checked against the config (a different value is an error) or filled in where it has none.
+        A validated location (see :class:`cafe_sae.params.SAEFileParams`): a local file or folder, or
+        ``hf://owner/repo/path``.
+    format : str
+        ``"auto"`` to detect it, or the format's name.
+    layer, tokens, site, architecture, k, subtract_decoder_bias, input_mean, input_scalar : optional
+        As in :class:`cafe_sae.params.SAEFileParams`.
+    component : str, optional
+        The registered name that fixed ``architecture`` (``"relu"``, ``"topk"``), for messages.
 
     Raises
     ------
     SAEFileError
-        For an unreadable or inconsistent file, or a plain state dict (its architecture is unknown).
+        For a checkpoint that cannot be found, read or trusted (corrupt, truncated, unknown tensors, NaN, wrong
+        shapes), naming the file and the problem.
     SAEConfigError
-        If ``layer`` or ``site`` contradicts the checkpoint.
+        If a param contradicts the checkpoint, a param the checkpoint cannot hold is missing, or a param does not
+        apply to it.
     """
-    checkpoint = read_checkpoint(path)
-    if checkpoint.config is None:
-        raise SAEFileError(
-            f"{checkpoint.path} has no {CONFIG_KEY!r} config, so SAE 'file' cannot tell its architecture; use SAE "
-            "'relu' or 'topk' instead (they read plain state dicts), or re-save it with cafe_sae.io.save"
-        )
-    sae = sae_from_config(checkpoint.config, checkpoint.tensors, checkpoint.path)
-    return _apply(sae, checkpoint.path, layer, site)
+    text = str(path)
+    local = _fetch(text) if text.startswith(HUB_PREFIX) else Path(path)
+    request = Request(layer, tokens, site, architecture, k, subtract_decoder_bias, input_mean, input_scalar)
+    reading = Reading(text if text.startswith(HUB_PREFIX) else local, format, request, component)
+    recipe = read_recipe(local, format, reading)
+    if text.startswith(HUB_PREFIX) and isinstance(recipe.extra.get("source"), dict):
+        recipe.extra["source"]["path"] = text
+    return assemble(recipe, reading).requires_grad_(False)
 
 
-def load_relu(
-    path: str | Path,
-    layer: int | None = None,
-    site: str | None = None,
-    subtract_decoder_bias: bool | None = None,
-) -> BaseSAE:
-    """Load a ReLU SAE from a checkpoint or a plain state dict (see :mod:`cafe_sae.layouts`).
+def load_any(path: str | Path, **params) -> BaseSAE:
+    """Load an SAE checkpoint of any supported format from Python, frozen.
 
-    Raises
-    ------
-    SAEFileError, SAEConfigError
-        As :func:`load_file`; also if the checkpoint holds another architecture.
+    ``params`` are those of the ``"file"`` SAE (:class:`cafe_sae.params.SAEFileParams`), validated there.
+
+    Examples
+    --------
+    >>> sae = load_any("checkpoints/layer_9", tokens="patch")          # doctest: +SKIP
+    >>> sae = load_any("hf://owner/repo/layer_9")                      # doctest: +SKIP
     """
-    return _load_as("relu", path, layer, site, None, subtract_decoder_bias)
+    from .params import SAEFileParams
+
+    validated = SAEFileParams(path=path, **params)
+    return load_file(**{name: getattr(validated, name) for name in SAEFileParams.model_fields})
 
 
-def load_topk(
-    path: str | Path,
-    layer: int | None = None,
-    site: str | None = None,
-    k: int | None = None,
-    subtract_decoder_bias: bool | None = None,
-) -> BaseSAE:
-    """Load a TopK SAE from a checkpoint or a plain state dict (which needs ``k``).
-
-    Raises
-    ------
-    SAEFileError, SAEConfigError
-        As :func:`load_file`; also if the checkpoint holds another architecture or another ``k``.
-    """
-    return _load_as("topk", path, layer, site, k, subtract_decoder_bias)
+def load_relu(path: str | Path, **params) -> BaseSAE:
+    """The registered ``"relu"`` SAE: :func:`load_file` of a ReLU SAE (checkpoints and plain state dicts)."""
+    return load_file(path, architecture="relu", component="relu", **params)
 
 
-def _load_as(
-    architecture: str,
-    path: str | Path,
-    layer: int | None,
-    site: str | None,
-    k: int | None,
-    subtract_decoder_bias: bool | None,
-) -> BaseSAE:
-    checkpoint = read_checkpoint(path)
-    config = checkpoint.config
-    if config is None:
-        sae = from_state_dict(
-            checkpoint.tensors,
-            architecture=architecture,
-            source=checkpoint.path,
-            k=k,
-            layer=layer,
-            site=site,
-            subtract_decoder_bias=subtract_decoder_bias,
-        )
-        return sae.requires_grad_(False)
-    if config.architecture != architecture:
-        raise SAEConfigError(
-            f"{checkpoint.path} holds a {config.architecture} SAE, not a {architecture} one; use SAE "
-            f"'{config.architecture}' (or 'file', which reads the architecture from the checkpoint)"
-        )
-    if subtract_decoder_bias is not None:
-        raise SAEConfigError(
-            f"subtract_decoder_bias applies only to plain state dicts, but {checkpoint.path} is a cafe checkpoint "
-            "with separate b_d and b_h; remove subtract_decoder_bias from the SAE params"
-        )
-    if k is not None and config.k != k:
-        raise SAEConfigError(
-            f"the params ask for k={k} but {checkpoint.path} was trained with k={config.k}; remove k from the "
-            f"params or set it to {config.k}"
-        )
-    sae = sae_from_config(config, checkpoint.tensors, checkpoint.path)
-    return _apply(sae, checkpoint.path, layer, site)
-
-
-def _apply(sae: BaseSAE, path: Path | str, layer: int | None, site: str | None) -> BaseSAE:
-    if layer is not None:
-        if sae.layer is not None and sae.layer != layer:
-            raise SAEConfigError(
-                f"the params give layer {layer} but {path} was trained on layer {sae.layer}; set the SAE's layer "
-                f"to {sae.layer} (and read that block), or use an SAE trained on layer {layer}"
-            )
-        sae.layer = layer
-    if site is not None:
-        if sae.site != site:
-            raise SAEConfigError(
-                f"the params give site {site!r} but {path} was trained on site {sae.site!r}; set site to "
-                f"{sae.site!r}, or remove it from the params"
-            )
-    return sae.requires_grad_(False)
+def load_topk(path: str | Path, **params) -> BaseSAE:
+    """The registered ``"topk"`` SAE: :func:`load_file` of a TopK SAE (plain state dicts need ``k``)."""
+    return load_file(path, architecture="topk", component="topk", **params)
 
 
 def make_random(
-    d_in: int, d_sae: int, layer: int, seed: int = 0, architecture: str = "relu", k: int | None = None
+    d_in: int,
+    d_sae: int,
+    layer: int,
+    tokens: str = "patch",
+    seed: int = 0,
+    architecture: str = "relu",
+    k: int | None = None,
 ) -> BaseSAE:
     """An untrained SAE drawn from ``seed`` (see :meth:`cafe_sae.base.BaseSAE.random_init`), frozen."""
-    if architecture == "topk":
-        from .topk import TopKSAE
+    from .architectures import ARCHITECTURES
 
-        sae = TopKSAE.random_init(d_in, d_sae, seed=seed, layer=layer, k=k)
-    else:
-        from .relu import ReluSAE
-
-        sae = ReluSAE.random_init(d_in, d_sae, seed=seed, layer=layer)
+    extra = {"k": k} if architecture == "topk" else {}
+    sae = ARCHITECTURES[architecture].random_init(d_in, d_sae, seed=seed, layer=layer, tokens=tokens, **extra)
     return sae.requires_grad_(False)
+
+
+def _fetch(uri: str) -> Path:
+    from .hub import fetch
+
+    return fetch(hub_location(uri))

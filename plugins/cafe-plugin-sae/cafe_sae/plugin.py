@@ -1,5 +1,5 @@
-"""Registers the SAEs and the ``train-sae`` command of this distribution; importing it loads neither torch nor
-safetensors."""
+"""Registers the SAEs and the ``train-sae`` and ``sae`` commands of this distribution; importing it loads neither
+torch nor safetensors."""
 
 from __future__ import annotations
 
@@ -11,22 +11,23 @@ from .params import RandomSAEParams, ReluSAEParams, SAEFileParams, TopKSAEParams
 @hookimpl
 def cafe_register_saes(register):
     register(
+        "file",
+        "cafe_sae.loading:load_file",
+        params=SAEFileParams,
+        description="Any SAE checkpoint (cafe, SAELens, saev, ViT-Prisma, dictionary_learning, overcomplete), "
+        "format detected from the path; local or hf://",
+    )
+    register(
         "relu",
         "cafe_sae.loading:load_relu",
         params=ReluSAEParams,
-        description="ReLU SAE z = ReLU(W_e (h - b_d) + b_e) from a safetensors checkpoint or plain state dict",
+        description="A ReLU SAE from any checkpoint 'file' reads, or a plain state dict",
     )
     register(
         "topk",
         "cafe_sae.loading:load_topk",
         params=TopKSAEParams,
-        description="TopK SAE z = ReLU(TopK(W_e (h - b_d) + b_e)) from a checkpoint or plain state dict",
-    )
-    register(
-        "file",
-        "cafe_sae.loading:load_file",
-        params=SAEFileParams,
-        description="Any SAE saved by cafe_sae.io.save; the architecture is read from the checkpoint",
+        description="A TopK SAE from any checkpoint 'file' reads, or a plain state dict (with k)",
     )
     register(
         "random",
@@ -42,4 +43,9 @@ def cafe_register_commands(register):
         "train-sae",
         "cafe_sae.training.command:TrainSAECommand",
         description="Collect a backbone's activations and train a ReLU or TopK SAE on them (resumable)",
+    )
+    register(
+        "sae",
+        "cafe_sae.convert:SAECommand",
+        description="SAE checkpoint tools: `cafe sae convert IN OUT` writes any supported checkpoint in cafe's format",
     )

@@ -1,4 +1,4 @@
-"""The ReLU SAE: ``z = ReLU(W_e (h - b_d) + b_e)``."""
+"""The ReLU SAE: ``z = ReLU(W_e (norm(h) - b_d) + b_e)``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ __all__ = ["ReluSAE"]
 
 
 class ReluSAE(BaseSAE):
-    """Sparse autoencoder with a ReLU: ``z = ReLU(W_e (h - b_d) + b_e)``, ``h_hat = W_d z + b_h``.
+    """Sparse autoencoder with a ReLU: ``z = ReLU(W_e (norm(h) - b_d) + b_e)``, ``x_hat = W_d z + b_h``.
 
     Trained with ``||h - h_hat||^2 + lambda * ||z||_1`` (:meth:`~cafe_sae.base.BaseSAE.loss`). See
     :class:`~cafe_sae.base.BaseSAE` for the parameters and methods.

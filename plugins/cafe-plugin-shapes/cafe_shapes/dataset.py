@@ -10,7 +10,6 @@ import torch
 
 from cafe_core.protocols import ImageItem
 
-from .params import ShapesParams
 from .rules import RULES, Rule
 from .scene import Scene, generate_scene
 
@@ -21,7 +20,9 @@ class ShapesDataset:
     """Images of 1 to 6 coloured shapes on a textured background, labelled by a known rule.
 
     Item ``i`` depends only on ``(seed, i)`` (not on ``size``), so any item is generated on demand in
-    constant time and the dataset of size ``n`` is a prefix of the one of size ``n + 1``.
+    constant time and the dataset of size ``n`` is a prefix of the one of size ``n + 1``. The parameters are
+    checked by :class:`cafe_shapes.params.ShapesParams` (a run spec validates them before building the
+    dataset), not here.
 
     Parameters
     ----------
@@ -36,11 +37,6 @@ class ShapesDataset:
         ``"same_colour_pair"``: label ``[two objects share a colour]``.
     min_objects, max_objects : int
         Bounds, inclusive, on the number of objects in an image.
-
-    Raises
-    ------
-    pydantic.ValidationError
-        On invalid parameters (see :class:`cafe_shapes.params.ShapesParams`).
 
     Notes
     -----
@@ -59,20 +55,12 @@ class ShapesDataset:
         min_objects: int = 2,
         max_objects: int = 4,
     ) -> None:
-        params = ShapesParams(
-            size=size,
-            seed=seed,
-            image_size=image_size,
-            rule=rule,
-            min_objects=min_objects,
-            max_objects=max_objects,
-        )
-        self.size = params.size
-        self.seed = params.seed
-        self.image_size = params.image_size
-        self.rule: Rule = RULES[params.rule]
-        self.min_objects = params.min_objects
-        self.max_objects = params.max_objects
+        self.size = size
+        self.seed = seed
+        self.image_size = image_size
+        self.rule: Rule = RULES[rule]
+        self.min_objects = min_objects
+        self.max_objects = max_objects
 
     @property
     def num_classes(self) -> int:

@@ -20,7 +20,7 @@ SAE_FILES = {
     (3, "patch"): "sae_layer3_patch.safetensors",
     (3, "cls"): "sae_layer3_cls.safetensors",
 }
-"""The shipped SAEs, by (layer, site)."""
+"""The shipped SAEs, by (layer, tokens)."""
 
 
 def vit_path() -> pathlib.Path:
@@ -28,16 +28,16 @@ def vit_path() -> pathlib.Path:
     return WEIGHTS / "vit.safetensors"
 
 
-def sae_path(layer: int, site: str) -> pathlib.Path:
-    """The shipped SAE of a layer and site.
+def sae_path(layer: int, tokens: str) -> pathlib.Path:
+    """The shipped SAE of a layer and token set.
 
     Raises
     ------
     KeyError
-        With the available (layer, site) pairs.
+        With the available (layer, tokens) pairs.
     """
     try:
-        return WEIGHTS / SAE_FILES[(layer, site)]
+        return WEIGHTS / SAE_FILES[(layer, tokens)]
     except KeyError:
-        available = ", ".join(f"layer {layer_} / {site_!r}" for layer_, site_ in SAE_FILES)
-        raise KeyError(f"no shipped SAE for layer {layer} and site {site!r}; available: {available}") from None
+        available = ", ".join(f"layer {layer_} / {tokens_!r}" for layer_, tokens_ in SAE_FILES)
+        raise KeyError(f"no shipped SAE for layer {layer} and tokens {tokens!r}; available: {available}") from None

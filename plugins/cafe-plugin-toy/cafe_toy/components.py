@@ -16,8 +16,8 @@ def toy_vit() -> Any:
     return TimmViT(MODEL, img_size=IMAGE_SIZE, model_kwargs=MODEL_KWARGS, checkpoint=vit_path())
 
 
-def toy_sae(layer: int = 3, site: str = "patch") -> Any:
+def toy_sae(layer: int = 3, tokens: str = "patch") -> Any:
     """A shipped SAE of the default ViT (frozen)."""
     from cafe_sae.loading import load_file
 
-    return load_file(sae_path(layer, site), layer=layer, site=site)
+    return load_file(sae_path(layer, tokens), layer=layer, tokens=tokens)

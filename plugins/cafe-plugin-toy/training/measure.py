@@ -120,7 +120,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def ground_truth(host, backbone, images, labels, infos, args, context):
     """object_hit of every attributor for the class-token latents that predict a label bit."""
-    sae = host.registry("sae").get("toy_sae").build({"layer": 3, "site": "cls"})
+    sae = host.registry("sae").get("toy_sae").build({"layer": 3, "tokens": "cls"})
     codes = []
     for start in range(0, len(images), args.batch_size):
         x = backbone.preprocess(list(images[start : start + args.batch_size]))
@@ -175,7 +175,7 @@ def main() -> None:
     report = {"images": args.images, "dataset_seed": MEASURE_SEED, "args": {k: str(v) for k, v in vars(args).items()}}
     report["nonlocality"] = {}
     for layer in (0, 2, 3):
-        sae = host.registry("sae").get("toy_sae").build({"layer": layer, "site": "patch"})
+        sae = host.registry("sae").get("toy_sae").build({"layer": layer, "tokens": "patch"})
         report["nonlocality"][f"layer{layer}"] = nonlocality(
             host, backbone, layer, sae, images, masks.numpy(), infos, args, context
         )

@@ -2,8 +2,8 @@
 
 A missing rule or canonizer does not make zennit fail: it returns a map computed with the plain gradient in
 place of a rule. So before anything runs, every module of the stem and stages ``0..layer`` must be one whose
-rule is known (:func:`check_supported`), and once the composite is registered, every BatchNorm there must be
-merged and every residual block canonized (:func:`check_canonical`).
+rule is known (:func:`unsupported_parts`, raised by :func:`check_supported`), and once the composite is
+registered, every BatchNorm there must be merged and every residual block canonized (:func:`check_canonical`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 from zennit.rules import Pass
+
+from cafe_core.errors import IncompatibleComponentError
 
 from .canonizers import convnext_canonizers, merged_batch_norms, resnet_canonizers
 from .rules import LayerNormEpsilon
@@ -24,10 +26,11 @@ __all__ = [
     "check_supported",
     "extra_rules",
     "running_modules",
+    "unsupported_parts",
 ]
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(IncompatibleComponentError):
     """The model, or one of the modules that run up to the requested stage, has no LRP rule here."""
 
 
@@ -54,6 +57,25 @@ def _classes() -> dict[str, Any]:
     }
 
 
+def _family(model: nn.Module) -> str | None:
+    classes = _classes()
+    if isinstance(model, classes["resnet"]):
+        return "resnet"
+    if isinstance(model, classes["convnext"]):
+        return "convnext"
+    return None
+
+
+def _unsupported_model_message(model: nn.Module) -> str:
+    kind = type(model)
+    return (
+        f"the zennit attributors have LRP rules for timm ResNet and ConvNeXt models only (the 'timm_conv' "
+        f"backbone), but the backbone's model is a {kind.__name__} ({kind.__module__}); zennit has no rules for "
+        "the LayerNorm, softmax and attention products of a Vision Transformer: use the 'attnlrp' or 'cp_lrp' "
+        "attributor for a timm ViT, or gradient_x_input or integrated_gradients for other models"
+    )
+
+
 def architecture_of(model: nn.Module) -> str:
     """``"resnet"`` or ``"convnext"``.
 
@@ -62,55 +84,67 @@ def architecture_of(model: nn.Module) -> str:
     UnsupportedModelError
         For any other model (a Vision Transformer: use the attnlrp plugin).
     """
-    classes = _classes()
-    if isinstance(model, classes["resnet"]):
-        return "resnet"
-    if isinstance(model, classes["convnext"]):
-        return "convnext"
-    raise UnsupportedModelError(
-        f"the zennit attributors support timm ResNet and ConvNeXt models (the 'timm_conv' backbone), got "
-        f"{type(model).__name__}; zennit has no rules for the LayerNorm, softmax and attention products of a "
-        "Vision Transformer, use the 'attnlrp' or 'cp_lrp' attributor there"
-    )
+    family = _family(model)
+    if family is None:
+        raise UnsupportedModelError(_unsupported_model_message(model))
+    return family
 
 
-def running_modules(model: nn.Module, layer: int) -> list[tuple[str, nn.Module]]:
+def _layout(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the stem modules and of the stages."""
+    if architecture_of(model) == "resnet":
+        stages = [name for name, _ in model.named_children() if name.startswith("layer")]
+        return ["conv1", "bn1", "act1", "maxpool"], stages
+    return ["stem"], [f"stages.{i}" for i in range(len(model.stages))]
+
+
+def running_modules(model: nn.Module, layer: int | None = None) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every module of the stem and of stages ``0..layer``, recursively.
+
+    ``layer=None`` means the last stage.
 
     Raises
     ------
     ValueError
         If ``layer`` is not a stage of the model.
     """
-    if architecture_of(model) == "resnet":
-        roots = ["conv1", "bn1", "act1", "maxpool"]
-        stages = [name for name, _ in model.named_children() if name.startswith("layer")]
-    else:
-        roots = ["stem"]
-        stages = [f"stages.{i}" for i in range(len(model.stages))]
-    if not 0 <= int(layer) < len(stages):
+    roots, stages = _layout(model)
+    layer = len(stages) - 1 if layer is None else int(layer)
+    if not 0 <= layer < len(stages):
         raise ValueError(f"layer {layer} is out of range; the model has stages 0..{len(stages) - 1}")
     lookup = dict(model.named_modules())
     found = []
-    for root in roots + stages[: int(layer) + 1]:
+    for root in roots + stages[: layer + 1]:
         found += list(lookup[root].named_modules(prefix=root))
     return found
 
 
-def check_supported(model: nn.Module, layer: int) -> None:
-    """Raise unless every module that runs up to stage ``layer`` has a rule or is one of the known containers.
+def unsupported_parts(model: nn.Module, layer: int | None = None) -> list[str]:
+    """Why the zennit attributors cannot explain ``model`` up to stage ``layer``: ``[]`` when they can.
 
-    Raises
-    ------
-    UnsupportedModelError
-        Listing the modules without a rule (squeeze-excitation, anti-aliasing, GroupNorm, global response
-        norm...), BatchNorms in training mode, blocks whose ``forward`` is already overridden, and stages
-        with gradient checkpointing.
+    Every module that runs up to the stage must have a rule or be one of the known containers.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The backbone's model.
+    layer : int, optional
+        Last stage that would run; by default the last stage, so that every stage is checked.
+
+    Returns
+    -------
+    list of str
+        A message naming the model class, or the modules without a rule (squeeze-excitation, anti-aliasing,
+        GroupNorm, global response norm...), BatchNorms in training mode, blocks whose ``forward`` is already
+        overridden and stages with gradient checkpointing, with what to use instead.
     """
-    family = architecture_of(model)
+    family = _family(model)
+    if family is None:
+        return [_unsupported_model_message(model)]
     classes = _classes()
     leaves, containers = classes[f"{family}_leaves"], classes[f"{family}_containers"]
     blocks = classes[f"{family}_blocks"]
+    layer = len(_layout(model)[1]) - 1 if layer is None else int(layer)
     problems = []
     for name, module in running_modules(model, layer):
         kind = type(module)
@@ -125,12 +159,27 @@ def check_supported(model: nn.Module, layer: int) -> None:
             problems.append(f"{name} ({kind.__name__} whose forward is already replaced)")
         if getattr(module, "grad_checkpointing", False):
             problems.append(f"{name} (gradient checkpointing runs the blocks twice)")
+    if not problems:
+        return []
+    return [
+        f"the zennit attributors have no LRP rule for these modules of the stem and stages 0..{layer} of the "
+        f"backbone's {type(model).__name__}: {', '.join(problems)}; supported are timm ResNets of "
+        "BasicBlock/Bottleneck (conv, BatchNorm, ReLU, max and average pooling) and ConvNeXts (conv, LayerNorm, "
+        "GELU MLP, layer scale): use gradient_x_input or integrated_gradients for this model"
+    ]
+
+
+def check_supported(model: nn.Module, layer: int) -> None:
+    """Raise the problems of :func:`unsupported_parts` (up to stage ``layer``), if any.
+
+    Raises
+    ------
+    UnsupportedModelError
+        With every problem found.
+    """
+    problems = unsupported_parts(model, layer)
     if problems:
-        raise UnsupportedModelError(
-            f"no LRP rule for these modules of the stem and stages 0..{layer}: {', '.join(problems)}; supported "
-            "are timm ResNets of BasicBlock/Bottleneck (conv, BatchNorm, ReLU, max and average pooling) and "
-            "ConvNeXts (conv, LayerNorm, GELU MLP, layer scale)"
-        )
+        raise UnsupportedModelError("; ".join(problems))
 
 
 def canonizers_for(model: nn.Module) -> list[Any]:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from functools import partial
+from typing import Any, Sequence
 
 import torch
 from zennit.composites import EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat
 from zennit.core import Composite
 
-from cafe_core.protocols import Attribution, RunContext, TargetFunction
+from cafe_core.errors import IncompatibleComponentError
+from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction
 
-from .architectures import canonizers_for, check_canonical, check_supported, extra_rules
+from .architectures import canonizers_for, check_canonical, check_supported, extra_rules, unsupported_parts
 from .relevance import composite_relevance
 
 __all__ = ["EpsilonAlpha2Beta1LRP", "EpsilonGammaBoxLRP", "EpsilonPlusFlatLRP", "EpsilonPlusLRP", "ZennitLRP"]
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
 
 
 class ZennitLRP:
@@ -45,8 +39,16 @@ class ZennitLRP:
     conserves_relevance = True
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> None:
-        self.epsilon = _positive("epsilon", epsilon)
-        self.stabilizer = _positive("stabilizer", stabilizer)
+        self.epsilon = float(epsilon)
+        self.stabilizer = float(stabilizer)
+
+    def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
+        """Problems that stop this attributor from working on ``backbone`` (``[]`` when none).
+
+        Every module of the stem and of every stage of the backbone's model must have a rule here (see
+        :func:`cafe_zennit.architectures.unsupported_parts`, the check each call makes first).
+        """
+        return unsupported_parts(backbone.model)
 
     def composite(self, backbone, layer_map: list, canonizers: list) -> Composite:
         """The zennit composite, with ``layer_map`` put before its own rules."""
@@ -75,7 +77,8 @@ class ZennitLRP:
         Raises
         ------
         cafe_zennit.architectures.UnsupportedModelError
-            For a model other than a timm ResNet or ConvNeXt, or one with a module that has no rule here.
+            For a model other than a timm ResNet or ConvNeXt, or one with a module that has no rule here (a
+            :class:`cafe_core.errors.IncompatibleComponentError`).
         """
         model = target.backbone.model
         check_supported(model, target.layer)
@@ -176,16 +179,18 @@ class EpsilonGammaBoxLRP(ZennitLRP):
 
     Raises
     ------
-    ValueError
+    cafe_core.errors.IncompatibleComponentError
         At call time, if the backbone has no ``mean`` and ``std`` to derive the input bounds from.
     """
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, gamma: float = 0.25) -> None:
         super().__init__(epsilon, stabilizer)
-        gamma = float(gamma)
-        if not (math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
-        self.gamma = gamma
+        self.gamma = float(gamma)
+
+    def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
+        """The problems of :meth:`ZennitLRP.check_compatible`, and a backbone without input bounds."""
+        missing = missing_input_bounds(backbone)
+        return super().check_compatible(backbone, saes) + ([missing] if missing else [])
 
     def composite(self, backbone, layer_map: list, canonizers: list) -> Composite:
         """zennit's ``EpsilonGammaBox`` with the input bounds of the backbone's normalisation."""
@@ -204,20 +209,29 @@ class EpsilonGammaBoxLRP(ZennitLRP):
         return f"{type(self).__name__}(epsilon={self.epsilon}, stabilizer={self.stabilizer}, gamma={self.gamma})"
 
 
-def input_bounds(backbone) -> tuple[torch.Tensor, torch.Tensor]:
+def missing_input_bounds(backbone: Backbone) -> str | None:
+    """Why the z-box rule has no input bounds for ``backbone`` (no ``mean`` and ``std``), or ``None``."""
+    if getattr(backbone, "mean", None) is not None and getattr(backbone, "std", None) is not None:
+        return None
+    kind = type(backbone)
+    return (
+        f"lrp_epsilon_gamma_box needs the input bounds of the z-box rule, but the backbone {kind.__name__} "
+        f"({kind.__module__}) has no mean and std; use a backbone that normalises pixels in [0, 1] as "
+        "(pixels - mean) / std and exposes them (the 'timm_conv' backbone does), or another zennit attributor"
+    )
+
+
+def input_bounds(backbone: Backbone) -> tuple[torch.Tensor, torch.Tensor]:
     """``(low, high)``, each ``[1, 3, 1, 1]``: pixel values 0 and 1 in the model's input space.
 
     Raises
     ------
-    ValueError
-        If the backbone has no ``mean`` and ``std``.
+    cafe_core.errors.IncompatibleComponentError
+        If the backbone has no ``mean`` and ``std`` (:func:`missing_input_bounds`).
     """
-    mean, std = getattr(backbone, "mean", None), getattr(backbone, "std", None)
-    if mean is None or std is None:
-        raise ValueError(
-            f"{type(backbone).__name__} has no mean and std, so the input bounds of the z-box rule are unknown; "
-            "lrp_epsilon_gamma_box needs a backbone that normalises pixels in [0, 1] as (pixels - mean) / std"
-        )
-    mean = torch.as_tensor(mean).reshape(1, -1, 1, 1)
-    std = torch.as_tensor(std).reshape(1, -1, 1, 1)
+    missing = missing_input_bounds(backbone)
+    if missing:
+        raise IncompatibleComponentError(missing)
+    mean = torch.as_tensor(backbone.mean).reshape(1, -1, 1, 1)
+    std = torch.as_tensor(backbone.std).reshape(1, -1, 1, 1)
     return (0 - mean) / std, (1 - mean) / std

@@ -4,7 +4,7 @@ Public API::
 
     from cafe_sae.training import collect_activations, train_sae, train_from_spec
 
-    collect_activations(backbone, dataset, layer=10, site="patch", out_dir="acts", shard_tokens=65536)
+    collect_activations(backbone, dataset, layer=10, tokens="patch", out_dir="acts", shard_tokens=65536)
     result = train_sae("acts", architecture="topk", expansion=16, k=32, steps=20000,
                        checkpoint_dir="ckpt", save_to="sae.safetensors")
 

@@ -1,4 +1,4 @@
-"""Collect a backbone's token activations at one layer and site, streamed to disk in shards.
+"""Collect a backbone's token activations at one layer, for one token set, streamed to disk in shards.
 
 Collection is resumable: shards are written whole (atomically) and recorded in the manifest only once
 written, so an interrupted collection continues after its last complete shard and rewrites the partial one.
@@ -13,50 +13,50 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..base import SITES
+from ..base import TOKEN_SETS
 from .errors import ActivationStoreError
 from .files import atomic_write
 from .manifest import ActivationManifest, ShardInfo
 
-__all__ = ["collect_activations", "describe_backbone", "site_slice", "write_activations"]
+__all__ = ["collect_activations", "describe_backbone", "token_slice", "write_activations"]
 
 
-def site_slice(backbone: Any, site: str) -> slice:
-    """Positions of the tokens of ``site`` in the backbone's token sequence.
+def token_slice(backbone: Any, tokens: str) -> slice:
+    """Positions of the token set ``tokens`` in the backbone's token sequence.
 
     Parameters
     ----------
     backbone : Backbone
         Its ``prefix_tokens`` name the positions before the patch tokens.
-    site : {"patch", "cls", "all"}
+    tokens : {"patch", "cls", "all"}
         ``"patch"``: the patch tokens; ``"cls"``: the class token; ``"all"``: every token.
 
     Raises
     ------
     ActivationStoreError
-        For an unknown site, or ``"cls"`` on a backbone without a class token.
+        For an unknown token set, or ``"cls"`` on a backbone without a class token.
     """
     prefix = tuple(backbone.prefix_tokens)
-    if site == "patch":
+    if tokens == "patch":
         return slice(len(prefix), None)
-    if site == "all":
+    if tokens == "all":
         return slice(None)
-    if site == "cls":
+    if tokens == "cls":
         if "cls" not in prefix:
             raise ActivationStoreError(
-                f"site 'cls' needs a class token, but the backbone's prefix tokens are {list(prefix)}; use site "
+                f"tokens 'cls' needs a class token, but the backbone's prefix tokens are {list(prefix)}; use tokens "
                 "'patch' or 'all'"
             )
         index = prefix.index("cls")
         return slice(index, index + 1)
-    raise ActivationStoreError(f"site must be one of {SITES}, got {site!r}")
+    raise ActivationStoreError(f"tokens must be one of {TOKEN_SETS}, got {tokens!r}")
 
 
-def tokens_per_image(backbone: Any, site: str) -> int:
-    """Number of tokens of ``site`` in one image."""
+def tokens_per_image(backbone: Any, tokens: str) -> int:
+    """Number of tokens of the token set ``tokens`` in one image."""
     grid = backbone.grid_size
     total = len(backbone.prefix_tokens) + int(grid[0]) * int(grid[1])
-    return len(range(total)[site_slice(backbone, site)])
+    return len(range(total)[token_slice(backbone, tokens)])
 
 
 def describe_backbone(backbone: Any) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def collect_activations(
     backbone: Any,
     dataset: Any,
     layer: int,
-    site: str,
+    tokens: str,
     out_dir: str | pathlib.Path,
     *,
     batch_size: int = 32,
@@ -85,7 +85,7 @@ def collect_activations(
     progress: bool = False,
     source: Mapping[str, Any] | None = None,
 ) -> ActivationManifest:
-    """Run the backbone over a dataset and write the tokens of one site at one layer to shards.
+    """Run the backbone over a dataset and write one token set of one layer to shards.
 
     Tokens are written image after image (each image's tokens in sequence order) to ``.npy`` float32 files
     of at most ``shard_tokens`` rows, listed in ``manifest.json``. Memory stays bounded by one shard plus one
@@ -100,8 +100,8 @@ def collect_activations(
         Images, read in index order.
     layer : int
         Block whose output is read.
-    site : {"patch", "cls", "all"}
-        Tokens kept of each image (see :func:`site_slice`).
+    tokens : {"patch", "cls", "all"}
+        Tokens kept of each image (see :func:`token_slice`).
     out_dir : path
         Folder of the shards and the manifest (created).
     batch_size : int
@@ -126,7 +126,7 @@ def collect_activations(
     Raises
     ------
     ActivationStoreError
-        For a bad site, a layer past the backbone's depth, or a folder that holds a collection made with
+        For a bad token set, a layer past the backbone's depth, or a folder that holds a collection made with
         other arguments.
     """
     if batch_size < 1 or shard_tokens < 1:
@@ -135,13 +135,13 @@ def collect_activations(
         raise ActivationStoreError(
             f"layer {layer} is past the backbone's {backbone.depth} blocks (valid: 0..{int(backbone.depth) - 1})"
         )
-    positions = site_slice(backbone, site)
+    positions = token_slice(backbone, tokens)
     num_images = len(dataset) if limit is None else min(int(limit), len(dataset))
     wanted = ActivationManifest(
         d_in=int(backbone.width),
         layer=int(layer),
-        site=site,
-        tokens_per_image=tokens_per_image(backbone, site),
+        token_set=tokens,
+        tokens_per_image=tokens_per_image(backbone, tokens),
         num_images=num_images,
         shard_tokens=int(shard_tokens),
         source=dict(source) if source is not None else {"backbone": describe_backbone(backbone),
@@ -166,9 +166,9 @@ def collect_activations(
             images = [dataset[i].image for i in range(start, stop)]
             with torch.no_grad():
                 x = backbone.preprocess(images).to(torch.device(device))
-                tokens = backbone.forward_to(x, int(layer))
-            _check_tokens(tokens, stop - start, manifest, backbone)
-            rows = tokens[:, positions].reshape(-1, manifest.d_in).to("cpu", torch.float32).numpy()
+                activations = backbone.forward_to(x, int(layer))
+            _check_tokens(activations, stop - start, manifest, backbone)
+            rows = activations[:, positions].reshape(-1, manifest.d_in).to("cpu", torch.float32).numpy()
             writer.add(rows[skip:])
             skip = max(0, skip - len(rows))
             bar.update(max(0, stop - shown))
@@ -178,11 +178,11 @@ def collect_activations(
 
 
 def write_activations(
-    tokens: Any,
+    activations: Any,
     out_dir: str | pathlib.Path,
     *,
     layer: int,
-    site: str = "patch",
+    tokens: str = "patch",
     shard_tokens: int = 65536,
     source: Mapping[str, Any] | None = None,
 ) -> ActivationManifest:
@@ -195,18 +195,20 @@ def write_activations(
     ActivationStoreError
         If ``tokens`` is not a non-empty 2-D array, or ``out_dir`` already holds activations.
     """
-    rows = np.asarray(tokens.detach().cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.float32)
+    if isinstance(activations, torch.Tensor):
+        activations = activations.detach().cpu()
+    rows = np.asarray(activations, dtype=np.float32)
     if rows.ndim != 2 or not len(rows):
-        raise ActivationStoreError(f"tokens must be a non-empty [N, d_in] array, got shape {list(rows.shape)}")
-    if site not in SITES:
-        raise ActivationStoreError(f"site must be one of {SITES}, got {site!r}")
+        raise ActivationStoreError(f"activations must be a non-empty [N, d_in] array, got shape {list(rows.shape)}")
+    if tokens not in TOKEN_SETS:
+        raise ActivationStoreError(f"tokens must be one of {TOKEN_SETS}, got {tokens!r}")
     out_dir = pathlib.Path(out_dir)
     if (out_dir / "manifest.json").exists():
         raise ActivationStoreError(f"{out_dir} already holds activations; write into a new folder")
     manifest = ActivationManifest(
         d_in=int(rows.shape[1]),
         layer=int(layer),
-        site=site,
+        token_set=tokens,
         tokens_per_image=1,
         num_images=len(rows),
         shard_tokens=int(shard_tokens),

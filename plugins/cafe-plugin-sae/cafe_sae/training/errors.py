@@ -8,7 +8,7 @@ __all__ = ["ActivationStoreError", "TrainingError"]
 
 
 class ActivationStoreError(CafeError, ValueError):
-    """A folder of activations cannot be read, or holds activations of another model, layer, site or dataset."""
+    """A folder of activations cannot be read, or holds activations of another model, layer, token set or dataset."""
 
 
 class TrainingError(CafeError, ValueError):

@@ -43,7 +43,7 @@ def initial_sae(
     k: int | None,
     seed: int,
     layer: int | None,
-    site: str,
+    tokens: str,
     sample: torch.Tensor | None,
     bias_init: str = "median",
 ) -> BaseSAE:
@@ -53,10 +53,10 @@ def initial_sae(
     Setting ``b_h`` too makes the reconstruction of an all-zero code the centre of the data, so training
     starts from a reconstruction that already explains the offset of the activations.
     """
-    from ..io import ARCHITECTURES
+    from ..architectures import ARCHITECTURES
 
     kwargs: dict[str, Any] = {"k": k} if architecture == "topk" else {}
-    sae = ARCHITECTURES[architecture].random_init(d_in, d_sae, seed=seed, layer=layer, site=site, **kwargs)
+    sae = ARCHITECTURES[architecture].random_init(d_in, d_sae, seed=seed, layer=layer, tokens=tokens, **kwargs)
     if bias_init != "zero" and sample is not None and len(sample):
         centre = geometric_median(sample) if bias_init == "median" else sample.double().mean(dim=0)
         with torch.no_grad():

@@ -13,7 +13,7 @@ from .files import read_json, write_json
 __all__ = ["MANIFEST_NAME", "ActivationManifest", "ShardInfo"]
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ActivationManifest:
     """Everything known about a folder of activation shards.
 
     Tokens are stored image after image, each image's tokens in sequence order, so token ``t`` of the
-    folder is token ``t % tokens_per_image`` (of the site) of image ``t // tokens_per_image``.
+    folder is token ``t % tokens_per_image`` (of the token set) of image ``t // tokens_per_image``.
 
     Attributes
     ----------
@@ -37,8 +37,8 @@ class ActivationManifest:
         Width of each token.
     layer : int
         Block whose output was read.
-    site : {"patch", "cls", "all"}
-        Which tokens of each image were kept.
+    token_set : {"patch", "cls", "all"}
+        Which tokens of each image were kept (``"site"`` in version-1 manifests).
     tokens_per_image : int
         Tokens kept per image.
     num_images : int
@@ -55,7 +55,7 @@ class ActivationManifest:
 
     d_in: int
     layer: int
-    site: str
+    token_set: str
     tokens_per_image: int
     num_images: int
     shard_tokens: int
@@ -82,7 +82,7 @@ class ActivationManifest:
 
     def identity(self) -> dict[str, Any]:
         """What must match for a collection to resume in this folder."""
-        keys = ("d_in", "layer", "site", "tokens_per_image", "num_images", "shard_tokens", "dtype")
+        keys = ("d_in", "layer", "token_set", "tokens_per_image", "num_images", "shard_tokens", "dtype")
         return {**{key: getattr(self, key) for key in keys}, "source": _plain(self.source)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,9 +110,14 @@ class ActivationManifest:
             )
         try:
             raw = read_json(path)
-            if raw.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format_version {raw.get('format_version')!r} is not {FORMAT_VERSION}")
+            if raw.get("format_version") not in (1, FORMAT_VERSION):
+                raise ValueError(f"format_version {raw.get('format_version')!r} is not 1 or {FORMAT_VERSION}")
             raw = {key: value for key, value in raw.items() if key not in ("tokens", "images_done")}
+            if raw["format_version"] == 1:  # version 1 named the token set "site" and the dataset "data"
+                raw["token_set"], raw["format_version"] = raw.pop("site"), FORMAT_VERSION
+                source = raw.get("source", {})
+                if "data" in source:
+                    raw["source"] = {("dataset" if key == "data" else key): value for key, value in source.items()}
             raw["shards"] = [ShardInfo(**shard) for shard in raw["shards"]]
             return cls(**raw)
         except (ValueError, TypeError, KeyError) as exc:

@@ -104,7 +104,7 @@ def train_from_spec(
         plan.backbone,
         plan.dataset,
         sae.layer,
-        sae.site,
+        sae.tokens,
         activations_dir,
         batch_size=training.image_batch_size,
         device=plan.device,
@@ -137,7 +137,7 @@ def train_from_spec(
         checkpoint_every=training.checkpoint_every,
         save_to=out / "sae.safetensors",
         metrics_path=out / "metrics.jsonl",
-        extra={"backbone": plan.source.get("backbone"), "data": plan.source.get("data")},
+        extra={"backbone": plan.source.get("backbone"), "dataset": plan.source.get("dataset")},
         progress=show,
         device=plan.device,
     )

@@ -7,13 +7,13 @@ A TOML file (or dict) with four sections::
     model = "vit_base_patch16_224"
     pretrained = true
 
-    [data]                # exactly as in a run spec
+    [dataset]             # exactly as in a run spec
     name = "folder"
     path = "images"       # relative paths start at the spec file's folder
 
     [sae]
     layer = 10
-    site = "patch"
+    tokens = "patch"
     architecture = "topk"
     expansion = 16
     k = 32
@@ -36,11 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cafe_core.errors import SpecError, validation_problems
 from cafe_core.resolve import build_component, resolve_component, resolve_device
-from cafe_core.spec import ComponentSpec, check_device_name, read_spec_source
+from cafe_core.spec import ComponentSpec, check_device_name, read_spec_source, renamed_key
+
+from ..params import move_deprecated_site
 
 __all__ = ["SAESection", "TrainingPlan", "TrainingSection", "TrainingSpec", "load_training_spec", "prepare_training"]
 
-_SECTIONS = ("backbone", "data", "sae", "training")
+_SECTIONS = ("backbone", "dataset", "sae", "training")
 
 
 class SAESection(BaseModel):
@@ -50,8 +52,8 @@ class SAESection(BaseModel):
     ----------
     layer : int
         Block whose output it reads.
-    site : {"patch", "cls", "all"}
-        Tokens it is trained on.
+    tokens : {"patch", "cls", "all"}
+        Tokens it is trained on (``site``, the old name of this key, still works with a DeprecationWarning).
     architecture : {"relu", "topk"}
         The SAE.
     d_sae, expansion : optional
@@ -65,12 +67,17 @@ class SAESection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layer: int = Field(ge=0)
-    site: Literal["patch", "cls", "all"] = "patch"
+    tokens: Literal["patch", "cls", "all"] = "patch"
     architecture: Literal["relu", "topk"] = "relu"
     d_sae: int | None = Field(default=None, ge=1)
     expansion: float | None = Field(default=None, gt=0)
     l1_coefficient: float | None = Field(default=None, ge=0)
     k: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_site(cls, data: Any) -> Any:
+        return move_deprecated_site(data, "[sae]")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SAESection":
@@ -158,7 +165,7 @@ class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backbone: ComponentSpec
-    data: ComponentSpec
+    dataset: ComponentSpec
     sae: SAESection
     training: TrainingSection
 
@@ -175,7 +182,11 @@ def _read(source: Any) -> tuple[dict[str, Any], pathlib.Path]:
 
 def _sections(raw: dict[str, Any]) -> tuple[dict[str, BaseModel], list[tuple[str, str]]]:
     """Each section validated on its own, so a broken one does not hide the problems of the others."""
-    models = {"backbone": ComponentSpec, "data": ComponentSpec, "sae": SAESection, "training": TrainingSection}
+    models = {"backbone": ComponentSpec, "dataset": ComponentSpec, "sae": SAESection, "training": TrainingSection}
+    try:
+        raw = renamed_key(raw, "data", "dataset", "training spec")
+    except ValueError as exc:
+        return {}, [("dataset", str(exc))]
     problems = [(key, f"unknown section; expected only {list(_SECTIONS)}") for key in raw if key not in models]
     parts: dict[str, BaseModel] = {}
     for key, model in models.items():
@@ -242,7 +253,7 @@ def prepare_training(source: TrainingSpec | dict[str, Any] | str | pathlib.Path,
     ------
     SpecError
         Every problem found, each with its path: unknown sections or keys, bad values, unknown component
-        names, invalid component params, a layer past the backbone's depth, a site the backbone lacks, an
+        names, invalid component params, a layer past the backbone's depth, a token set the backbone lacks, an
         unavailable device.
     """
     import torch
@@ -253,7 +264,7 @@ def prepare_training(source: TrainingSpec | dict[str, Any] | str | pathlib.Path,
     raw, base_dir = _read(source)
     parts, problems = _sections(raw)
     resolved = {}
-    for section, kind in (("backbone", "backbone"), ("data", "dataset")):
+    for section, kind in (("backbone", "backbone"), ("dataset", "dataset")):
         if section in parts:
             entry, found = resolve_component(section, kind, parts[section], host, base_dir)
             problems.extend(found)
@@ -265,13 +276,13 @@ def prepare_training(source: TrainingSpec | dict[str, Any] | str | pathlib.Path,
         problems.extend(found)
         torch.manual_seed(parts["training"].seed)  # before building: random backbone weights repeat on a rerun
     built = {section: build_component(entry, problems) for section, entry in resolved.items()}
-    backbone, dataset = built.get("backbone"), built.get("data")
+    backbone, dataset = built.get("backbone"), built.get("dataset")
     d_sae = 0
     if backbone is not None and "sae" in parts:
         d_sae, found = _check_against_backbone(parts["sae"], backbone)
         problems.extend(found)
     if dataset is not None and len(dataset) == 0:
-        problems.append(("data", "the dataset holds no images"))
+        problems.append(("dataset", "the dataset holds no images"))
     if problems:
         raise SpecError(problems, "training spec")
     spec = TrainingSpec(**parts)
@@ -290,9 +301,9 @@ def _check_against_backbone(sae: SAESection, backbone: Any) -> tuple[int, list[t
             ("sae.layer", f"layer {sae.layer} is past the backbone's {depth} blocks (valid: 0..{depth - 1}, the output "
              "of that block)")
         )
-    if sae.site == "cls" and "cls" not in tuple(backbone.prefix_tokens):
+    if sae.tokens == "cls" and "cls" not in tuple(backbone.prefix_tokens):
         problems.append(
-            ("sae.site", f"site 'cls' needs a class token, but the backbone's prefix tokens are "
+            ("sae.tokens", f"tokens 'cls' needs a class token, but the backbone's prefix tokens are "
              f"{list(backbone.prefix_tokens)}; use 'patch' or 'all'")
         )
     width = int(backbone.width)

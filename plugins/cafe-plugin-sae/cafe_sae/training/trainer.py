@@ -203,7 +203,7 @@ def train_sae(
     if found is None:
         sample = torch.from_numpy(store.sample(init_tokens, seed=seed, stop=n_train))
     sae = initial_sae(
-        architecture, store.d_in, d_sae, k=k, seed=seed, layer=manifest.layer, site=manifest.site, sample=sample,
+        architecture, store.d_in, d_sae, k=k, seed=seed, layer=manifest.layer, tokens=manifest.token_set, sample=sample,
         bias_init=bias_init,
     ).to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=float(lr))
@@ -302,8 +302,8 @@ def _checkpoint(directory, step, settings, sae, optimizer, keep) -> None:
 
 def _restore(found, settings, sae, optimizer) -> int:
     path, state = found
-    if state.get("settings") != settings:
-        old = state.get("settings") or {}
+    old = _upgraded_settings(state.get("settings") or {})
+    if old != settings:
         differ = sorted(key for key in set(old) | set(settings) if old.get(key) != settings.get(key))
         raise TrainingError(
             f"{path} was written by a training run with other settings ({', '.join(differ)} differ); use another "
@@ -313,6 +313,15 @@ def _restore(found, settings, sae, optimizer) -> int:
     optimizer.load_state_dict(state["optimizer"])
     restore_rng(state["rng"])
     return int(state["step"])
+
+
+def _upgraded_settings(settings: dict) -> dict:
+    """Settings recorded before the activations' token set was renamed from ``site`` to ``token_set``."""
+    activations = settings.get("activations")
+    if isinstance(activations, dict) and "site" in activations:
+        activations = {("token_set" if key == "site" else key): value for key, value in activations.items()}
+        return {**settings, "activations": activations}
+    return settings
 
 
 def _check_arguments(
