@@ -101,7 +101,10 @@ class Backbone(Protocol):
     ``[B, len(prefix_tokens) + h * w, layer_width(layer)]``. Without them every layer has ``grid_size``
     tokens of width ``width`` (use :func:`layer_grid` and :func:`layer_width` to read either kind). A backbone
     that provides hidden states other than the output of a block lists their site names in ``sites``;
-    without it, ``("resid_post",)``.
+    without it, ``("resid_post",)``. A backbone that runs modules after block ``L`` to produce the tokens
+    of layer ``L`` (a final LayerNorm, an attention-pool head) names them, as attribute names of ``model``, in
+    ``trailing_modules(layer) -> tuple[str, ...]``, so that attributors with per-module rules (LRP) cover
+    them too.
     """
 
     model: torch.nn.Module

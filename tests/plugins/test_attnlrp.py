@@ -12,14 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from cafe_attnlrp.attributor import AttnLRP, CPLRP
+from cafe_attnlrp.params import LRPParams
 from cafe_attnlrp.patching import UnsupportedModelError, lrp_rules
 from cafe_attnlrp.rules import gamma_linear
 from cafe_baselines.gradient_x_input import GradientXInput
+from cafe_core.errors import IncompatibleComponentError
 from cafe_core.plugins import PluginHost
 from cafe_core.protocols import Attributor, RunContext, TargetFunction
 from cafe_core.testing import check_attributor
 from cafe_core.testing.model_state import snapshot
 from cafe_sae import ReluSAE
+from cafe_timm.conv import TimmConvNet
 from cafe_timm.vit import TimmViT
 from handbuilt import CountingBackbone, patch_sum_backbone
 
@@ -86,8 +89,9 @@ def test_components_satisfy_the_protocol():
     assert isinstance(AttnLRP(), Attributor) and isinstance(CPLRP(), Attributor)
     assert (AttnLRP.needs_grad, AttnLRP.conserves_relevance) == (True, False)
     assert (CPLRP.needs_grad, CPLRP.conserves_relevance) == (True, True)
-    with pytest.raises(ValueError):
-        AttnLRP(gamma=-0.1)
+    for bad in ({"gamma": -0.1}, {"gamma": float("nan")}, {"batching": "tiles"}):
+        with pytest.raises(pydantic.ValidationError):
+            LRPParams(**bad)
 
 
 @pytest.mark.parametrize("method", [AttnLRP(), CPLRP(), CPLRP(gamma=0.25)], ids=repr)
@@ -348,19 +352,65 @@ def test_rules_cannot_be_nested_on_one_model(vit):
         pass
 
 
+def _gated_vit() -> TimmViT:
+    from timm.layers import SwiGLUPacked
+
+    return _vit(mlp_layer=SwiGLUPacked, mlp_ratio=2.0)
+
+
+def _resnet() -> TimmConvNet:
+    return TimmConvNet("resnet18", img_size=32, model_kwargs={"channels": (8, 16, 16, 16), "layers": (1, 1, 1, 1)})
+
+
 def test_unsupported_models_are_rejected_without_leaving_patches():
     linear = patch_sum_backbone()
     sae = _sae()
     with pytest.raises(UnsupportedModelError, match="VisionTransformer"):
         CPLRP().attribute(TargetFunction(linear, sae, 0, [0], [0]), torch.rand(1, 3, 8, 8), RunContext())
 
-    from timm.layers import SwiGLUPacked
-
-    gated = _vit(mlp_layer=SwiGLUPacked, mlp_ratio=2.0)
+    gated = _gated_vit()
     before = snapshot(gated.model)
     with pytest.raises(UnsupportedModelError, match="GluMlp|SwiGLU"):
         AttnLRP().attribute(TargetFunction(gated, sae, LAYER, [0], [0]), _images(1), RunContext())
     assert before.differences(snapshot(gated.model)) == []
+
+
+@pytest.mark.parametrize("method", [AttnLRP(), CPLRP()], ids=repr)
+def test_compatibility_is_checked_before_any_image(vit, method):
+    backbone, *_ = vit
+    assert method.check_compatible(backbone) == []
+
+    (problem,) = method.check_compatible(_resnet())
+    assert problem.startswith(f"{method.attention_rule} has LRP rules for timm VisionTransformer blocks only")
+    assert "ResNet (timm.models.resnet)" in problem and "gradient_x_input" in problem
+
+    gated = _gated_vit()
+    before = snapshot(gated.model)
+    (problem,) = method.check_compatible(gated)
+    assert f"blocks 0..{gated.depth - 1}" in problem
+    assert [f"blocks.{i}.mlp (GluMlp)" in problem for i in range(gated.depth)] == [True] * gated.depth
+    assert before.differences(snapshot(gated.model)) == []
+
+
+def test_only_the_blocks_up_to_the_saes_layer_must_have_rules():
+    mixed = _vit()
+    last = mixed.depth - 1
+    gated_block = _gated_vit().model.blocks[last]
+    mixed.model.blocks[last] = gated_block  # only the last block has an MLP without a rule
+    early, late = _sae(), ReluSAE.random_init(WIDTH, D_SAE, seed=1, layer=last)
+    assert CPLRP().check_compatible(mixed, [early]) == []
+    (problem,) = CPLRP().check_compatible(mixed, [early, late])
+    assert f"blocks.{last}.mlp (GluMlp)" in problem and "blocks.0." not in problem
+
+
+def test_the_runtime_error_is_the_problem_the_check_reports():
+    gated = _gated_vit()
+    last = gated.depth - 1
+    (problem,) = CPLRP().check_compatible(gated)
+    target = TargetFunction(gated, _sae(), last, [0], [0])
+    with pytest.raises(IncompatibleComponentError) as raised:
+        CPLRP().attribute(target, _images(1), RunContext())
+    assert str(raised.value) == problem
 
 
 # --- agreement with LXT ------------------------------------------------------------------------------------

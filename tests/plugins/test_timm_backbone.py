@@ -407,8 +407,15 @@ def test_params_validation(tmp_path):
         TimmParams(model=NAME, model_kwargs={"pretrained": True})
     with pytest.raises(ValidationError):
         TimmParams(model=NAME, weights="x")
-    with pytest.raises(TimmBackboneError, match="does not exist"):
-        TimmViT(NAME, checkpoint=tmp_path / "missing.pth")
+    with pytest.raises(ValidationError, match="model must be a timm model name"):
+        TimmParams(model="  ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # other installed plugins may warn; only this one matters here
+        from cafe_core.plugins import PluginHost
+
+        registration = PluginHost().registry("backbone").get("timm")
+    with pytest.raises(ValidationError, match="does not exist"):
+        registration.build({"model": NAME, "checkpoint": str(tmp_path / "missing.pth")})
     assert issubclass(TimmBackboneError, CafeError)
 
 
@@ -430,3 +437,56 @@ def test_discovered_through_entry_point():
     assert isinstance(backbone, TimmViT) and isinstance(backbone, Backbone)
     assert backbone.prefix_tokens == ("cls", *REGS)
     assert backbone.forward_to(backbone.preprocess([Image.new("RGB", (40, 40))]), 2).shape == (1, 21, 32)
+
+
+# Read-out: the final norm and the attention-pool head -------------------------------------------------------
+
+
+def test_final_norm_last_and_all_are_timms_normalised_features():
+    backbone = tiny(reg_tokens=2)
+    x = images(backbone)
+    net = backbone.model
+    with torch.no_grad():
+        last = TimmViT(NAME, img_size=32, model_kwargs={**TINY, "reg_tokens": 2}, final_norm="last")
+        last.model.load_state_dict(net.state_dict())
+        every = TimmViT(NAME, img_size=32, model_kwargs={**TINY, "reg_tokens": 2}, final_norm="all")
+        every.model.load_state_dict(net.state_dict())
+        torch.testing.assert_close(last.forward_to(x, 2), net.forward_features(x))
+        torch.testing.assert_close(last.forward_to(x, 1), backbone.forward_to(x, 1))  # only the last block
+        _, (first,) = net.forward_intermediates(x, indices=[0], norm=True, return_prefix_tokens=True,
+                                                output_fmt="NLC", intermediates_only=False)
+        patches, prefix = first  # timm gives (patch tokens, prefix tokens)
+        torch.testing.assert_close(every.forward_to(x, 0), torch.cat([prefix, patches], 1))
+    assert last.trailing_modules(2) == ("norm",) and last.trailing_modules(1) == ()
+    assert every.trailing_modules(0) == ("norm",) and backbone.trailing_modules(2) == ()
+
+
+def test_pool_token_is_the_attention_pool_heads_output():
+    kwargs = {**TINY, "class_token": False, "global_pool": "map", "num_classes": 0}
+    torch.manual_seed(3)
+    backbone = TimmViT("vit_base_patch16_siglip_224", img_size=32, model_kwargs=kwargs, pool_token=True)
+    x = images(backbone)
+    net = backbone.model
+    assert backbone.prefix_tokens == ("pool",) and backbone.trailing_modules(0) == ("norm", "attn_pool")
+    with torch.no_grad():
+        tokens = backbone.forward_to(x, 2)
+        torch.testing.assert_close(tokens[:, 0], net.forward_head(net.forward_features(x), pre_logits=True))
+        blocks = net.blocks(net.norm_pre(net._pos_embed(net.patch_embed(x))))
+        torch.testing.assert_close(tokens[:, 1:], blocks)
+
+
+def test_read_out_the_model_has_no_module_for_is_refused():
+    with pytest.raises(TimmBackboneError, match="its tokens have none"):
+        TimmViT(NAME, img_size=32, model_kwargs={**TINY, "global_pool": "avg"}, final_norm="last")
+    with pytest.raises(TimmBackboneError, match="global_pool='map'"):
+        TimmViT(NAME, img_size=32, model_kwargs=TINY, pool_token=True)
+    with pytest.raises(ValidationError, match="final_norm"):
+        TimmParams(model=NAME, final_norm="every")
+
+
+def test_a_transform_that_gives_another_size_is_named():
+    from cafe_timm.preprocess import ImagePreprocessor
+
+    wrong = ImagePreprocessor((32, 32), (0.5,) * 3, (0.5,) * 3, lambda image: torch.zeros(3, 24, 24))
+    with pytest.raises(TimmBackboneError, match=r"made image 0 \(3, 24, 24\), not \(3, 32, 32\)"):
+        wrong([Image.new("RGB", (40, 40))])

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
+from typing import Any, Sequence
 
 import torch
 
-from cafe_core.batching import check_batching
 from cafe_core.gradients import input_gradients
 from cafe_core.patches import pixels_to_patches
-from cafe_core.protocols import Attribution, RunContext, TargetFunction
+from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction
 
-from .patching import lrp_rules
+from .patching import lrp_rules, unsupported_parts
 
 __all__ = ["AttnLRP", "CPLRP"]
 
@@ -24,11 +23,24 @@ class _LayerwiseRelevance:
     attention_rule = "attnlrp"
 
     def __init__(self, gamma: float = 0.0, batching: str = "auto") -> None:
-        gamma = float(gamma)
-        if not (math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
-        self.gamma = gamma
-        self.batching = check_batching(batching)
+        self.gamma = float(gamma)
+        self.batching = batching
+
+    def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
+        """Problems that stop this attributor from working on ``backbone`` (``[]`` when none).
+
+        Every block up to the deepest layer of ``saes`` (every block, without SAEs), and whatever the backbone
+        runs after the blocks of those layers (its ``trailing_modules``: a final norm, an attention-pool head),
+        must be made of modules with a rule here (see :func:`cafe_attnlrp.patching.unsupported_parts`, the
+        check each call makes before patching).
+        """
+        depth = len(getattr(backbone.model, "blocks", ()))
+        layers = sorted({sae.layer for sae in saes if sae.layer is not None and 0 <= sae.layer < depth})
+        # A layer past the depth is reported by the run's own checks.
+        deepest = layers[-1] if layers else None
+        names = (name for layer in layers or range(depth) for name in _trailing(backbone, layer))
+        trailing = tuple(dict.fromkeys(names))
+        return unsupported_parts(backbone.model, layer=deepest, who=self.attention_rule, trailing=trailing)
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Relevance maps of the rows of ``x [B, 3, H, W]`` with respect to ``target``.
@@ -53,10 +65,12 @@ class _LayerwiseRelevance:
         Raises
         ------
         cafe_attnlrp.patching.UnsupportedModelError
-            If the backbone is not a timm VisionTransformer made of modules with a rule here.
+            If the backbone is not a timm VisionTransformer made of modules with a rule here (a
+            :class:`cafe_core.errors.IncompatibleComponentError`).
         """
         backbone = target.backbone
-        with lrp_rules(backbone.model, target.layer, self.attention_rule, self.gamma) as probe:
+        trailing = _trailing(backbone, target.layer)
+        with lrp_rules(backbone.model, target.layer, self.attention_rule, self.gamma, trailing) as probe:
 
             def probe_leaf(n_images: int) -> list[torch.Tensor]:
                 probe.tensor = x.new_zeros(n_images, requires_grad=True)
@@ -78,6 +92,12 @@ class _LayerwiseRelevance:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(gamma={self.gamma}, batching={self.batching!r})"
+
+
+def _trailing(backbone: Backbone, layer: int) -> tuple[str, ...]:
+    """The model's submodules the backbone runs after block ``layer`` (none unless it says so)."""
+    method = getattr(backbone, "trailing_modules", None)
+    return tuple(method(layer)) if callable(method) else ()
 
 
 class AttnLRP(_LayerwiseRelevance):

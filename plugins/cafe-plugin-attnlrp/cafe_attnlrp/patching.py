@@ -5,7 +5,8 @@ classes) with versions that compute the same values but propagate relevance by t
 :mod:`cafe_attnlrp.rules`, and puts every attribute back when the ``with`` block ends, also when it ends
 with an exception.
 
-What is patched, for the patch embedding, ``norm_pre`` and blocks ``0..layer``:
+What is patched, for the patch embedding, ``norm_pre``, blocks ``0..layer`` and the modules the backbone runs
+after them (``trailing``: the final ``norm``, the attention-pool head ``attn_pool``):
 
 * ``LayerNorm``: the standard deviation is treated as a constant, the mean subtraction is not (the identity
   rule of normalisation); ``RmsNorm`` likewise with its root mean square;
@@ -18,6 +19,8 @@ What is patched, for the patch embedding, ``norm_pre`` and blocks ``0..layer``:
   ``Linear`` layers when ``gamma > 0``), plus a record of the relevance their bias absorbs. The qkv
   projection's rule runs inside the attention's, and with LRP-0 the bias of the MLP's first layer is
   recorded by the activation's rule, so that these layers keep their own forward;
+* ``AttentionPoolLatent`` (SigLIP's head, timm's ``global_pool="map"``): the rule of ``Attention`` between
+  the learned latent query and the tokens' keys and values (the latent absorbs the relevance of the query);
 * the model's ``_pos_embed``: a record of the relevance absorbed by the class, register and position
   embeddings.
 """
@@ -34,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cafe_core.errors import IncompatibleComponentError
+
 from .rules import (
     absorb,
     add_mask,
@@ -46,7 +51,7 @@ from .rules import (
     value_attention,
 )
 
-__all__ = ["ATTENTION_RULES", "RelevanceProbe", "UnsupportedModelError", "lrp_rules"]
+__all__ = ["ATTENTION_RULES", "RelevanceProbe", "UnsupportedModelError", "lrp_rules", "unsupported_parts"]
 
 ATTENTION_RULES = ("attnlrp", "cp_lrp")
 
@@ -56,7 +61,7 @@ _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict[int, tuple]]" = weakref.WeakKeyDictionary()
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(IncompatibleComponentError):
     """The model, or one of the modules that run up to the requested block, has no LRP rule here."""
 
 
@@ -103,6 +108,7 @@ def _timm_classes() -> dict[str, tuple[type, ...]]:
 
     return {
         "vit": (vit.VisionTransformer,),
+        "attention_pool": found("AttentionPoolLatent"),
         "attention": found("Attention", module=vit) or found("Attention"),
         "mlp": found("Mlp", module=vit) or found("Mlp"),
         "layer_norm": (nn.LayerNorm,) + found("LayerNorm", "LayerNormFp32"),
@@ -118,18 +124,24 @@ def _timm_classes() -> dict[str, tuple[type, ...]]:
     }
 
 
-def _cached_plan(model: nn.Module, layer: int) -> list[tuple[str, str, nn.Module, nn.Module | None]]:
-    """:func:`_plan`, reused while every module it walked has the same class, children and ``inplace`` flag.
+def _cached_plan(
+    model: nn.Module, layer: int, who: str, trailing: tuple[str, ...] = ()
+) -> list[tuple[str, str, nn.Module, nn.Module | None]]:
+    """:func:`_plan`, raising its problems; a plan is reused while every module it walked has the same class,
+    children and ``inplace`` flag.
 
     Walking the modules takes longer than a small model's forward pass; checking them is cheaper. The cache
     holds no reference to the model itself, so that it does not keep it alive.
     """
-    cached = _PLANS.get(model, {}).get(layer)
+    key = (layer, tuple(trailing))
+    cached = _PLANS.get(model, {}).get(key)
     if cached is not None and _state(model) == cached[0] and all(_state(m) == state for m, state in cached[1]):
         return cached[2]
-    plan, walked = _plan(model, layer)
+    plan, walked, problems = _plan(model, layer, who, trailing)
+    if problems:
+        raise UnsupportedModelError("; ".join(problems))
     states = [(m, _state(m)) for m in [model.blocks, *walked]]
-    _PLANS.setdefault(model, {})[layer] = (_state(model), states, plan)
+    _PLANS.setdefault(model, {})[key] = (_state(model), states, plan)
     return plan
 
 
@@ -137,25 +149,62 @@ def _state(module: nn.Module) -> tuple:
     return type(module), tuple(module._modules.items()), vars(module).get("inplace")
 
 
-def _plan(model: nn.Module, layer: int) -> tuple[list[tuple[str, str, nn.Module, nn.Module | None]], list]:
-    """``(name, kind, module, feeder)`` of every module to patch, and the modules walked.
+def unsupported_parts(
+    model: nn.Module, layer: int | None = None, who: str = "attnlrp", trailing: tuple[str, ...] = ()
+) -> list[str]:
+    """Why :func:`lrp_rules` cannot patch ``model`` up to block ``layer``: ``[]`` when it can.
 
-    Raises for anything without a rule. ``feeder`` is the ``Linear`` whose output only this module reads
-    (the qkv projection of an attention, the first MLP layer of an activation) or ``None``.
+    The same walk over the modules that :func:`lrp_rules` makes before it patches anything.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The backbone's model.
+    layer : int, optional
+        Last block that would run; by default the last block of the model, so that every block is checked.
+    who : str
+        The attributor the messages name.
+    trailing : tuple of str
+        Names of the model's submodules that run after the blocks (see
+        ``cafe_timm.vit.TimmViT.trailing_modules``): the final ``norm``, the head ``attn_pool``.
+
+    Returns
+    -------
+    list of str
+        One message per problem, naming the model class or the modules without a rule, and what to use
+        instead.
+    """
+    return _plan(model, layer, who, trailing)[2]
+
+
+def _plan(
+    model: nn.Module, layer: int | None, who: str, trailing: tuple[str, ...] = ()
+) -> tuple[list[tuple[str, str, nn.Module, nn.Module | None]], list[nn.Module], list[str]]:
+    """``(name, kind, module, feeder)`` of every module to patch, the modules walked, and the problems.
+
+    A model with problems (anything without a rule) gets no plan. ``feeder`` is the ``Linear`` whose output
+    only this module reads (the qkv projection of an attention, the first MLP layer of an activation) or
+    ``None``.
     """
     classes = _timm_classes()
     if not isinstance(model, classes["vit"]):
-        raise UnsupportedModelError(
-            f"AttnLRP and CP-LRP support timm VisionTransformer models, got {type(model).__name__}"
-        )
+        kind = type(model)
+        return [], [], [
+            f"{who} has LRP rules for timm VisionTransformer blocks only, but the backbone's model is a "
+            f"{kind.__name__} ({kind.__module__}); use gradient_x_input or integrated_gradients, or for a timm "
+            "ResNet or ConvNeXt the zennit attributors (lrp_epsilon_plus_flat, lrp_epsilon_gamma_box...)"
+        ]
     depth = len(model.blocks)
-    if not 0 <= int(layer) < depth:
+    layer = depth - 1 if layer is None else int(layer)
+    if not 0 <= layer < depth:
         raise ValueError(f"layer {layer} is out of range; the model has blocks 0..{depth - 1}")
     parts = [("patch_embed", model.patch_embed), ("patch_drop", model.patch_drop), ("norm_pre", model.norm_pre)]
-    parts += [(f"blocks.{i}", model.blocks[i]) for i in range(int(layer) + 1)]
+    parts += [(f"blocks.{i}", model.blocks[i]) for i in range(layer + 1)]
+    parts += [(name, getattr(model, name)) for name in trailing]
 
     modules = [entry for prefix, part in parts for entry in part.named_modules(prefix=prefix)]
     attention_forwards = {c.forward for c in classes["attention"]}
+    pool_forwards = {c.forward for c in classes["attention_pool"]}
     mlp_forwards = {c.forward for c in classes["mlp"]}
     mlps = {id(m) for _, m in modules if type(m).forward in mlp_forwards and isinstance(m, classes["mlp"])}
     activations: dict[int, list[nn.Module]] = {}  # each activation's first MLP layers
@@ -171,10 +220,14 @@ def _plan(model: nn.Module, layer: int) -> tuple[list[tuple[str, str, nn.Module,
         kind = type(module)
         if id(module) in activations:
             if getattr(module, "inplace", False):
-                unsupported.append(f"{sub} (in-place {kind.__name__})")
+                unsupported.append(f"{sub} (in-place {kind.__name__}: build it with inplace=False)")
             feeders = activations[id(module)]
             feeder = feeders[0] if len(feeders) == 1 and type(feeders[0]) is nn.Linear else None
             plan.append((sub, "activation", module, feeder))
+        elif isinstance(module, classes["attention_pool"]) and kind.forward in pool_forwards:
+            if module.pos_embed is not None or module.latent_len != 1:
+                unsupported.append(f"{sub} (attention pool with its own position embedding or several latents)")
+            plan.append((sub, "attention_pool", module, module.kv))
         elif kind.forward in attention_forwards and isinstance(module, classes["attention"]):
             if getattr(module, "gate", None) is not None:
                 unsupported.append(f"{sub} (gated attention)")
@@ -186,16 +239,19 @@ def _plan(model: nn.Module, layer: int) -> tuple[list[tuple[str, str, nn.Module,
         elif kinds[kind] is not None:
             plan.append((sub, kinds[kind], module, None))
     if unsupported:
-        raise UnsupportedModelError(
-            f"no LRP rule for these modules of blocks 0..{layer}: {', '.join(unsupported)}; supported are "
-            "timm's Block with Attention, Mlp (element-wise activation), LayerNorm, RmsNorm, LayerScale"
-        )
+        after = f" and {', '.join(trailing)}" if trailing else ""
+        return [], [], [
+            f"{who} has no LRP rule for these modules of blocks 0..{layer}{after} of the backbone's "
+            f"{type(model).__name__}: {', '.join(unsupported)}; supported are timm's Block with Attention, Mlp "
+            "(element-wise activation), LayerNorm, RmsNorm, LayerScale, and the AttentionPoolLatent head: use "
+            "gradient_x_input or integrated_gradients for this model"
+        ]
     seen, unique = set(), []
     for entry in plan:
         if id(entry[2]) not in seen:
             seen.add(id(entry[2]))
             unique.append(entry)
-    return unique, [module for _, module in modules]
+    return unique, [module for _, module in modules], []
 
 
 @functools.lru_cache(maxsize=16)
@@ -245,6 +301,66 @@ def _attention_forward(attn: nn.Module, rule: str, probe: RelevanceProbe, gamma:
         if norm is not None:
             out = norm(out)
         return attn.proj_drop(attn.proj(out))
+
+    return forward
+
+
+@functools.lru_cache(maxsize=16)
+def _kv_factors(width: int, k: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Gradient factors of the kv projection's output channels: ``k`` for the keys, 1/2 for the values."""
+    return torch.tensor([k, 0.5], dtype=dtype, device=device).repeat_interleave(width)
+
+
+def _attention_pool_forward(
+    pool: nn.Module, rule: str, probe: RelevanceProbe, gamma: float
+) -> Callable[..., torch.Tensor]:
+    """timm's ``AttentionPoolLatent`` with the attention rule, its q and kv projections' rules run here.
+
+    The query is a learned latent, a constant: under AttnLRP the relevance its share of ``q @ k^T`` receives
+    is absorbed by the latent (and the q projection's bias); under CP-LRP no relevance reaches it.
+    """
+    per_channel = isinstance(pool.q_norm, nn.Identity) and isinstance(pool.k_norm, nn.Identity)
+    q_proj, kv_proj = pool.q, pool.kv
+
+    def project(linear: nn.Module, x: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(linear, nn.Linear):  # no q projection: the latent is the query
+            return x
+        if factor is None and gamma == 0 and (linear.bias is None or probe.tensor is None):
+            return linear(x)
+        return gamma_linear(x, linear.weight, linear.bias, gamma, probe.tensor, factor)
+
+    def forward(x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        heads, head_dim, length = pool.num_heads, pool.head_dim, pool.latent_len
+        attnlrp = rule == "attnlrp"
+        latent = pool.latent.expand(b, -1, -1)
+        if attnlrp and probe.tensor is not None:
+            latent = absorb(latent, pool.latent, probe.tensor)
+        q_factor = k_factor = None
+        if attnlrp and per_channel:
+            q_factor = x.new_full((q_proj.out_features,), 0.25) if isinstance(q_proj, nn.Linear) else None
+            k_factor = _kv_factors(kv_proj.out_features // 2, 0.25, x.dtype, x.device)
+        elif attnlrp:
+            k_factor = _kv_factors(kv_proj.out_features // 2, 1.0, x.dtype, x.device)
+        q = project(q_proj, latent, q_factor).reshape(b, length, heads, head_dim).transpose(1, 2)
+        if attnlrp and per_channel and not isinstance(q_proj, nn.Linear):
+            q = scale_gradient(q, 4)
+        k, v = project(kv_proj, x, k_factor).reshape(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = pool.q_norm(q), pool.k_norm(k)
+        if rule == "cp_lrp":
+            q, k = stop_gradient(q), stop_gradient(k)
+        elif not per_channel:
+            q, k = scale_gradient(q, 4), scale_gradient(k, 4)
+        if pool.fused_attn and rule == "cp_lrp":
+            out = value_attention(q, k, v, attn_mask)
+        elif pool.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            out = add_mask((q * pool.scale) @ k.transpose(-2, -1), attn_mask, False).softmax(dim=-1) @ v
+        out = pool.proj_drop(pool.proj(out.transpose(1, 2).reshape(b, length, c)))
+        if pool.mlp is not None:
+            out = out + pool.mlp(pool.norm(out))
+        return out[:, 0] if pool.pool == "token" else out.mean(1) if pool.pool == "avg" else out
 
     return forward
 
@@ -326,7 +442,7 @@ def _pos_embed_forward(original: Callable, probe: RelevanceProbe) -> Callable:
 
 @contextmanager
 def lrp_rules(
-    model: nn.Module, layer: int, attention: str = "attnlrp", gamma: float = 0.0
+    model: nn.Module, layer: int, attention: str = "attnlrp", gamma: float = 0.0, trailing: tuple[str, ...] = ()
 ) -> Iterator[RelevanceProbe]:
     """Patch the module instances of a timm VisionTransformer that run up to block ``layer``.
 
@@ -337,13 +453,17 @@ def lrp_rules(
     Parameters
     ----------
     model : timm.models.vision_transformer.VisionTransformer
-        The model; only its patch embedding, ``norm_pre`` and blocks ``0..layer`` are patched.
+        The model; only its patch embedding, ``norm_pre``, blocks ``0..layer`` and ``trailing`` are patched.
     layer : int
         Last block that runs.
     attention : {"attnlrp", "cp_lrp"}
         Rule inside the attention: AttnLRP's uniform rule, or CP-LRP's stop-gradient on queries and keys.
     gamma : float
-        LRP-gamma for the ``Linear`` layers of the blocks; ``0`` keeps their plain gradient (LRP-0).
+        LRP-gamma for the ``Linear`` layers of the blocks, a finite number ``>= 0`` (as
+        :class:`cafe_attnlrp.params.LRPParams` checks); ``0`` keeps their plain gradient (LRP-0).
+    trailing : tuple of str
+        Names of the model's submodules that run after block ``layer`` (the final ``norm``, the head
+        ``attn_pool``), patched as well.
 
     Yields
     ------
@@ -355,16 +475,13 @@ def lrp_rules(
     ------
     UnsupportedModelError
         For a model that is not a timm VisionTransformer, or with a module that has no rule here (gated
-        MLPs, gated attention, hybrid CNN stems...).
+        MLPs, gated attention, hybrid CNN stems...): the problems of :func:`unsupported_parts`.
     RuntimeError
         If the model is already inside an ``lrp_rules`` block.
     """
     if attention not in ATTENTION_RULES:
         raise ValueError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
-    gamma = float(gamma)
-    if not gamma >= 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    plan = _cached_plan(model, layer)
+    plan = _cached_plan(model, layer, attention, tuple(trailing))
     if model in _ACTIVE:
         raise RuntimeError("the model is already inside an lrp_rules block; the rules cannot be nested")
     _ACTIVE.add(model)
@@ -373,6 +490,7 @@ def lrp_rules(
     # An attention runs the rule of its qkv projection itself; with LRP-0 the activation's rule records
     # the bias of the first MLP layer. These projections keep their own forward.
     fed = {id(feeder) for _, kind, _, feeder in plan if feeder is not None and (kind == "attention" or gamma == 0)}
+    fed |= {id(part) for _, kind, pool, _ in plan if kind == "attention_pool" for part in (pool.q, pool.kv)}
     try:
         for _, kind, module, feeder in plan:
             original = module.forward
@@ -380,6 +498,8 @@ def lrp_rules(
                 continue
             if kind == "attention":
                 forward = _attention_forward(module, attention, probe, gamma)
+            elif kind == "attention_pool":
+                forward = _attention_pool_forward(module, attention, probe, gamma)
             elif kind == "activation":
                 forward = _activation_forward(original, feeder if gamma == 0 else None, probe)
             elif kind == "layer_norm":

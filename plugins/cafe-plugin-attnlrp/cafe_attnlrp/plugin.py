@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cafe_core import hookimpl
 
-from .params import AttnLRPParams, CPLRPParams
+from .params import LRPParams
 
 
 @hookimpl
@@ -13,12 +13,12 @@ def cafe_register_attributors(register):
     register(
         "attnlrp",
         "cafe_attnlrp.attributor:AttnLRP",
-        params=AttnLRPParams,
-        description="Attention-aware LRP through the SAE encoder and the ViT blocks (timm ViTs)",
+        params=LRPParams,
+        description="Attention-aware LRP through the SAE encoder and the ViT blocks (timm, open_clip, HF ViTs)",
     )
     register(
         "cp_lrp",
         "cafe_attnlrp.attributor:CPLRP",
-        params=CPLRPParams,
+        params=LRPParams,
         description="Conservative LRP (attention weights held constant) through the SAE encoder and ViT blocks",
     )

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from .dinov2_hub import is_hub_dinov2, resample_hub_pos_embed
 from .errors import TimmBackboneError
 
 __all__ = ["load_checkpoint", "read_state_dict"]
@@ -79,7 +80,9 @@ def load_checkpoint(
 
     When the names or shapes do not match directly, timm's own conversion is tried before giving up: by
     default ``vision_transformer.checkpoint_filter_fn`` (position embedding resampling for another image size,
-    patch embedding resampling, original JAX/CLIP layouts).
+    patch embedding resampling, original JAX/CLIP layouts, DINOv2 torch-hub layouts). The position embedding
+    of a DINOv2 torch-hub checkpoint without registers is first resampled as DINOv2's own code does
+    (:mod:`cafe_timm.dinov2_hub`), so that the tokens are those of the hub model at any input size.
 
     Parameters
     ----------
@@ -101,6 +104,9 @@ def load_checkpoint(
         Naming the file, a few missing, unexpected or mis-shaped keys, and the fix.
     """
     state = read_state_dict(path)
+    if converter == "vit" and is_hub_dinov2(state):
+        # Resampled here as DINOv2's code does, so that timm's conversion finds the size it needs.
+        state["pos_embed"] = resample_hub_pos_embed(state["pos_embed"], tuple(model.patch_embed.grid_size))
     problems = _mismatch(model, state)
     if problems:
         converted = _convert(model, state, converter)

@@ -21,7 +21,6 @@ from .checkpoint import load_checkpoint
 from .common import TimmModel
 from .errors import TimmBackboneError
 from .models import conv_classes, create_convnet
-from .params import check_options
 from .preprocess import ImagePreprocessor
 from .vit import TimmViT, _pair
 
@@ -81,8 +80,9 @@ class TimmConvNet(TimmModel):
     Raises
     ------
     TimmBackboneError
-        For inconsistent settings, a model that is not a timm ResNet or ConvNeXt, weights that cannot be
-        loaded, or an image size that the strides or the patch size do not divide.
+        For a model that is not a timm ResNet or ConvNeXt, weights that cannot be loaded, or an image size
+        that the strides or the patch size do not divide. The settings themselves are checked by
+        :class:`cafe_timm.params.TimmConvParams`.
     """
 
     prefix_tokens: tuple[str, ...] = ()
@@ -98,7 +98,6 @@ class TimmConvNet(TimmModel):
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         model_kwargs = dict(model_kwargs or {})
-        checkpoint = check_options(model, pretrained, checkpoint, img_size, model_kwargs)
         net = create_convnet(model, pretrained=pretrained, model_kwargs=model_kwargs)
         if checkpoint is not None:
             load_checkpoint(net, checkpoint, model, converter=_converter(net), kwargs_hint=_CONV_KWARGS)
@@ -119,7 +118,7 @@ class TimmConvNet(TimmModel):
         _check_divides((patch,), self.image_size, model, "the heatmap patch size")
         self.patch_size = (patch, patch)
         self.grid_size = (self.image_size[0] // patch, self.image_size[1] // patch)
-        self._preprocess = ImagePreprocessor(net, self.image_size)
+        self._preprocess = ImagePreprocessor.for_timm_model(net, self.image_size)
 
     # Geometry -------------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,36 +17,49 @@ _RANGE_TOL = 1e-3
 
 
 class ImagePreprocessor:
-    """The evaluation transform of a timm model, at a given input size.
+    """A model's evaluation transform for PIL images, and resizing plus normalisation for tensors.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        A timm model; its ``pretrained_cfg`` gives the interpolation, crop fraction, mean and std.
     image_size : tuple of int
         ``(H, W)`` of the outputs.
+    mean, std : sequence of float
+        Per-channel normalisation constants (``x_model = (x - mean) / std``).
+    pil_transform : callable
+        The library's evaluation transform: a PIL image (RGB) to a normalised ``[3, H, W]`` tensor.
 
     Attributes
     ----------
     mean, std : torch.Tensor
-        ``[3, 1, 1]`` float32 normalisation constants (``x_model = (x - mean) / std``).
-    data_config : dict
-        The resolved timm data config.
+        ``[3, 1, 1]`` float32 normalisation constants.
     """
 
-    def __init__(self, model: torch.nn.Module, image_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        pil_transform: Callable[[Any], torch.Tensor],
+    ) -> None:
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.data_config = resolve_data_config({"input_size": (3, *self.image_size)}, model=model)
-        self.mean = torch.tensor(self.data_config["mean"], dtype=torch.float32).reshape(3, 1, 1)
-        self.std = torch.tensor(self.data_config["std"], dtype=torch.float32).reshape(3, 1, 1)
-        self._pil_transform = create_transform(**self.data_config, is_training=False)
+        self.mean = torch.tensor([float(m) for m in mean], dtype=torch.float32).reshape(3, 1, 1)
+        self.std = torch.tensor([float(s) for s in std], dtype=torch.float32).reshape(3, 1, 1)
+        self._pil_transform = pil_transform
+
+    @classmethod
+    def for_timm_model(cls, model: torch.nn.Module, image_size: tuple[int, int]) -> "ImagePreprocessor":
+        """The evaluation transform of a timm model (its ``pretrained_cfg``: interpolation, crop, mean, std)."""
+        image_size = (int(image_size[0]), int(image_size[1]))
+        config = resolve_data_config({"input_size": (3, *image_size)}, model=model)
+        return cls(image_size, config["mean"], config["std"], create_transform(**config, is_training=False))
 
     def __call__(self, images: Sequence[Any]) -> torch.Tensor:
         """Preprocess a batch.
 
-        PIL images (any mode, any size) are converted to RGB and go through timm's evaluation transform:
-        resize, center crop to ``image_size``, normalise. Tensors ``[3, H, W]`` (or ``[1, H, W]``) with values
-        in ``[0, 1]`` are resized to ``image_size`` (bilinear, antialiased) and normalised.
+        PIL images (any mode, any size) are converted to RGB and go through the evaluation transform (for
+        timm models: resize, center crop to ``image_size``, normalise). Tensors ``[3, H, W]`` (or
+        ``[1, H, W]``) with values in ``[0, 1]`` are resized to ``image_size`` (bilinear, antialiased) and
+        normalised.
 
         Returns
         -------
@@ -64,7 +77,13 @@ class ImagePreprocessor:
         if isinstance(image, torch.Tensor):
             return self._tensor(image, index)
         if hasattr(image, "convert") and hasattr(image, "size"):
-            return self._pil_transform(image.convert("RGB"))
+            out = self._pil_transform(image.convert("RGB"))
+            if tuple(out.shape) != (3, *self.image_size):
+                raise TimmBackboneError(
+                    f"the evaluation transform made image {index} {tuple(out.shape)}, not (3, {self.image_size[0]}, "
+                    f"{self.image_size[1]}); set img_size to the size the model's preprocessing produces"
+                )
+            return out
         raise TimmBackboneError(
             f"image {index} is a {type(image).__name__}; preprocess accepts PIL images or float tensors "
             "[3, H, W] with values in [0, 1]"

@@ -12,7 +12,6 @@ from .checkpoint import load_checkpoint
 from .common import TimmModel
 from .errors import TimmBackboneError
 from .models import create_vit
-from .params import check_options
 from .preprocess import ImagePreprocessor
 
 __all__ = ["TimmViT"]
@@ -22,8 +21,9 @@ class TimmViT(TimmModel):
     """Any timm VisionTransformer, read at the output of one block.
 
     The token sequence is ``[prefix tokens..., patch tokens...]``: the class token (if any), a distillation
-    token (DeiT distilled models), then register tokens, followed by ``gh * gw`` patch tokens in row-major
-    order. The model is put in eval mode; its parameters keep their ``requires_grad``.
+    token (DeiT distilled models), register tokens, and with ``pool_token`` the attention-pooled token,
+    followed by ``gh * gw`` patch tokens in row-major order. The model is put in eval mode; its parameters
+    keep their ``requires_grad``.
 
     Parameters
     ----------
@@ -33,30 +33,40 @@ class TimmViT(TimmModel):
         Let timm fetch the pretrained weights (network access or a filled hub cache).
     checkpoint : path-like, optional
         Local state dict (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) to load; exclusive with ``pretrained``.
+        timm's conversion applies where the names differ (OpenAI/open_clip CLIP and DINOv2 torch-hub layouts).
     img_size : int, optional
         Square input size (default: the model's own).
     model_kwargs : dict, optional
         Further keyword arguments of ``timm.create_model``.
+    final_norm : {"none", "last", "all"}
+        Where the model's final norm (timm's ``norm``) is applied to the tokens: nowhere (the residual stream,
+        the default), to the output of the last block only (Hugging Face's ``last_hidden_state``), or to the
+        output of every block (``forward_intermediates(norm=True)``, DINOv2's ``get_intermediate_layers``).
+    pool_token : bool
+        Add the output of the attention-pool head (``global_pool="map"``, SigLIP's image embedding before any
+        projection) as a prefix token named ``"pool"``: the head applied to the final norm of the layer's
+        tokens. It is the model's pooled output at the last block only.
 
     Attributes
     ----------
     model : timm.models.vision_transformer.VisionTransformer
         The module, in eval mode.
     model_name : str
-        The timm name it was created from.
+        The name it was created from.
     depth, width : int
         Number of blocks and token width.
     image_size, patch_size, grid_size : tuple of int
         ``(H, W)`` input size, ``(ph, pw)`` input pixels per patch token (the CNN stride for hybrid models)
         and ``(gh, gw)`` patch tokens per column and row.
     prefix_tokens : tuple of str
-        ``("cls",)``, ``("cls", "reg0", ...)``, ``("reg0", ...)`` or ``()``.
+        ``("cls",)``, ``("cls", "reg0", ...)``, ``("reg0", ...)``, ``("pool",)``, ``()``...
 
     Raises
     ------
     TimmBackboneError
-        For inconsistent settings, a model that is not a VisionTransformer, weights that cannot be loaded, or
-        an image size that is not a multiple of the patch size.
+        For a model that is not a VisionTransformer, weights that cannot be loaded, an image size that is
+        not a multiple of the patch size, or a ``final_norm`` or ``pool_token`` the model has no module for.
+        The settings themselves are checked by :class:`cafe_timm.params.TimmParams`.
     """
 
     def __init__(
@@ -67,24 +77,32 @@ class TimmViT(TimmModel):
         checkpoint: pathlib.Path | str | None = None,
         img_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        final_norm: str = "none",
+        pool_token: bool = False,
     ) -> None:
         model_kwargs = dict(model_kwargs or {})
-        checkpoint = check_options(model, pretrained, checkpoint, img_size, model_kwargs)
         net = create_vit(model, pretrained=pretrained, img_size=img_size, model_kwargs=model_kwargs)
         if checkpoint is not None:
             load_checkpoint(net, checkpoint, model)
-        net.eval()
-
-        self.model = net
-        self.model_name = model
         self.checkpoint = checkpoint
+        self._adopt(net, model, final_norm=final_norm, pool_token=pool_token)
+        self._preprocess = ImagePreprocessor.for_timm_model(net, self.image_size)
+
+    def _adopt(self, net: torch.nn.Module, name: str, *, final_norm: str = "none", pool_token: bool = False) -> None:
+        """Take ``net`` as the model: eval mode, geometry, and how the tokens are read out."""
+        net.eval()
+        self.model = net
+        self.model_name = name
         self.depth = len(net.blocks)
         self.width = int(net.embed_dim)
         self.image_size = _pair(net.patch_embed.img_size)
         self.grid_size = _pair(net.patch_embed.grid_size)
-        self.patch_size = _pixel_patch_size(net.patch_embed, self.image_size, self.grid_size, model)
-        self.prefix_tokens = _prefix_names(net)
-        self._preprocess = ImagePreprocessor(net, self.image_size)
+        self.patch_size = _pixel_patch_size(net.patch_embed, self.image_size, self.grid_size, name)
+        _check_read_out(net, name, final_norm, pool_token)
+        self.final_norm = final_norm
+        self.pool_token = bool(pool_token)
+        self._model_prefix = _prefix_names(net)
+        self.prefix_tokens = self._model_prefix + (("pool",) if pool_token else ())
 
     # Geometry -------------------------------------------------------------------------------------------
 
@@ -127,7 +145,9 @@ class TimmViT(TimmModel):
         """Token activations ``[B, T, D]`` at the output of block ``layer``.
 
         Runs the patch embedding, position embedding, ``norm_pre`` and blocks ``0..layer`` only: never the
-        later blocks, the final norm or the head. Gradients flow if ``x`` requires them.
+        later blocks or the classifier. The final norm and the attention-pool head run only as
+        ``final_norm`` and ``pool_token`` ask (see :meth:`trailing_modules`). Gradients flow if ``x`` requires
+        them.
 
         Raises
         ------
@@ -143,7 +163,30 @@ class TimmViT(TimmModel):
         h = net.norm_pre(h)
         for block in net.blocks[: layer + 1]:
             h = block(h)
-        return h
+        return self._read_out(h, layer)
+
+    def trailing_modules(self, layer: int) -> tuple[str, ...]:
+        """Names of the model's submodules that :meth:`forward_to` runs after block ``layer``.
+
+        ``("norm",)`` where the final norm applies to this layer, ``("norm", "attn_pool")`` with
+        ``pool_token``, otherwise ``()``. Attributors that patch the modules which run (LRP rules) read it.
+        """
+        names = ("norm",) if self._normed(layer) or self.pool_token else ()
+        return names + (("attn_pool",) if self.pool_token else ())
+
+    def _normed(self, layer: int) -> bool:
+        return self.final_norm == "all" or (self.final_norm == "last" and layer == self.depth - 1)
+
+    def _read_out(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        net = self.model
+        normed = net.norm(h) if self._normed(layer) or self.pool_token else None
+        tokens = normed if self._normed(layer) else h
+        if not self.pool_token:
+            return tokens
+        n = len(self._model_prefix)
+        # As timm's VisionTransformer.pool: the head reads the patch tokens only, unless told otherwise.
+        pooled = net.attn_pool(normed if getattr(net, "pool_include_prefix", False) else normed[:, n:])
+        return torch.cat([tokens[:, :n], pooled[:, None], tokens[:, n:]], dim=1)
 
     # Checks ----------------------------------------------------------------------------------------------
 
@@ -159,8 +202,8 @@ class TimmViT(TimmModel):
 
     def __repr__(self) -> str:
         return (
-            f"TimmViT({self.model_name!r}, depth={self.depth}, width={self.width}, image_size={self.image_size}, "
-            f"patch_size={self.patch_size}, prefix_tokens={self.prefix_tokens})"
+            f"{type(self).__name__}({self.model_name!r}, depth={self.depth}, width={self.width}, "
+            f"image_size={self.image_size}, patch_size={self.patch_size}, prefix_tokens={self.prefix_tokens})"
         )
 
 
@@ -209,3 +252,28 @@ def _prefix_names(net: torch.nn.Module) -> tuple[str, ...]:
             "orders its tokens differently from timm's VisionTransformer and is not supported"
         )
     return tuple(names)
+
+
+def _check_read_out(net: torch.nn.Module, name: str, final_norm: str, pool_token: bool) -> None:
+    from timm.layers import AttentionPoolLatent
+
+    has_norm = not isinstance(net.norm, torch.nn.Identity)
+    if final_norm != "none" and not has_norm:
+        raise TimmBackboneError(
+            f"final_norm={final_norm!r} asks for the final norm of {name!r}, but its tokens have none (its norm "
+            "is applied after pooling, as fc_norm); use final_norm='none'"
+        )
+    if not pool_token:
+        return
+    pool = getattr(net, "attn_pool", None)
+    if not isinstance(pool, AttentionPoolLatent) or pool.latent_len != 1 or pool.pool != "token":
+        found = "no attention-pool head" if pool is None else f"the head {type(pool).__name__}"
+        if isinstance(pool, AttentionPoolLatent):
+            found += f" with {pool.latent_len} latent queries pooled by {pool.pool!r}"
+        raise TimmBackboneError(
+            f"pool_token=True reads the attention-pool head, but {name!r} has {found}; it needs "
+            "global_pool='map' (SigLIP models) with one latent query. Read the class token instead, or set "
+            "pool_token=False"
+        )
+    if not has_norm:
+        raise TimmBackboneError(f"pool_token=True needs the final norm before the head, but {name!r} has none")
