@@ -42,6 +42,8 @@ class RunPlan:
     backbone: Any
     saes: list[Any]
     dataset: Any
+    sae_labels: list[str] = field(default_factory=list)
+    """The label of each SAE (its section's ``label``, else its ``name``), as in every stored key."""
     attributors: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     rule_positions: list[list[int | None]] = field(default_factory=list)
@@ -133,6 +135,7 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
     attributors = {label: component for _, label, component in built["attributors"]}
     metrics = {label: component for _, label, component in built["metrics"]}
     saes = [sae for _, _, sae in built["sae"] if sae is not None]
+    sae_labels = [label for _, label, sae in built["sae"] if sae is not None]
     rule_positions: list[list[int | None]] = []
     if backbone is not None:
         backbone = backbone.to(device=context.device, dtype=context.dtype)
@@ -151,6 +154,7 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         backbone=backbone,
         saes=saes,
         dataset=dataset,
+        sae_labels=sae_labels,
         attributors=attributors,
         metrics=metrics,
         rule_positions=rule_positions,

@@ -305,7 +305,15 @@ class Metric(Protocol):
 
 @runtime_checkable
 class Dataset(Protocol):
-    """A finite, indexable collection of :class:`ImageItem`."""
+    """A finite, indexable collection of :class:`ImageItem`.
+
+    Optional methods
+    ----------------
+    image_file(index) -> (str, pathlib.Path)
+        The ``image_id`` and file of item ``index``, for datasets of files: a run then fingerprints each image
+        by its file (size, modification time, SHA-256) without decoding it. Without it, a run fingerprints each
+        item by its decoded pixels, which reads every item once at the start.
+    """
 
     def __len__(self) -> int: ...
 

@@ -45,17 +45,22 @@ class Target:
 
 @dataclass(frozen=True, order=True)
 class TargetKey:
-    """One target on one image: the key of every record of a run."""
+    """One target of one SAE on one image: the key of every record of a run.
+
+    ``sae`` is the label of the SAE's ``[[sae]]`` section (its ``label``, else its ``name``), so that two SAEs
+    at the same layer (a trained SAE and its random control, two dictionary sizes) never share a key.
+    """
 
     image_id: str
+    sae: str
     layer: int
     latent: int
     position: int
 
     @classmethod
-    def of(cls, image_id: str, target: Target) -> "TargetKey":
-        """The key of ``target`` on image ``image_id``."""
-        return cls(image_id, target.layer, target.latent, target.position)
+    def of(cls, image_id: str, sae: str, target: Target) -> "TargetKey":
+        """The key of ``target`` of SAE ``sae`` on image ``image_id``."""
+        return cls(image_id, sae, target.layer, target.latent, target.position)
 
     @property
     def target(self) -> Target:

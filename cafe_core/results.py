@@ -24,8 +24,9 @@ class Results:
     directory : pathlib.Path
         The run directory.
     rows : list of dict
-        The tidy table: one row per image, layer, latent, position, attributor and metric, with ``score``,
-        the target's ``activation`` and any per-row diagnostics as ``info.<name>`` columns.
+        The tidy table: one row per image, SAE (its label), layer, latent, position, attributor and metric,
+        with ``score``, the target's ``activation`` and any per-row diagnostics as ``info.<name>`` columns.
+        Images no longer in the dataset when the run last resumed are left out.
     targets : list of dict
         Every target considered, including those skipped as inactive (``status``).
     """
@@ -37,6 +38,11 @@ class Results:
             scores = store.scores()
             heatmaps = store.heatmap_records(arrays=False)
             self.higher_is_better: dict[str, bool] = store.get_meta("higher_is_better") or {}
+            listed = store.listed_images()
+        if listed is not None:  # images no longer in the dataset are not reported
+            targets = [t for t in targets if t.key.image_id in listed]
+            scores = [s for s in scores if s.key.image_id in listed]
+            heatmaps = [h for h in heatmaps if h.key.image_id in listed]
         self.targets = [
             {**vars(t.key), "position_name": t.position_name, "activation": t.activation, "status": t.status}
             for t in targets
@@ -71,44 +77,73 @@ class Results:
     def __repr__(self) -> str:
         return f"Results({str(self.directory)!r}, rows={len(self.rows)}, targets={len(self.targets)})"
 
-    def heatmap(self, image_id: str, layer: int, latent: int, position: int, attributor: str) -> np.ndarray:
-        """The heatmap ``[gh, gw]`` of one target and attributor."""
+    @property
+    def saes(self) -> list[str]:
+        """The labels of the run's SAEs that have targets, sorted."""
+        return sorted({t["sae"] for t in self.targets})
+
+    def key(self, image_id: str, layer: int, latent: int, position: int, sae: str | None = None) -> TargetKey:
+        """The key of a target; ``sae`` (an SAE's label) may be left out when the run has one SAE.
+
+        Raises
+        ------
+        KeyError
+            If ``sae`` is left out and the run has several SAEs.
+        """
+        if sae is None:
+            if len(self.saes) > 1:
+                raise KeyError(f"this run has several SAEs ({', '.join(self.saes)}); pass sae=<label> to choose one")
+            sae = self.saes[0] if self.saes else ""
+        return TargetKey(image_id, sae, layer, latent, position)
+
+    def heatmap(
+        self, image_id: str, layer: int, latent: int, position: int, attributor: str, *, sae: str | None = None
+    ) -> np.ndarray:
+        """The heatmap ``[gh, gw]`` of one target and attributor (``sae``: see :meth:`key`)."""
+        key = self.key(image_id, layer, latent, position, sae)
         with RunStore.open_existing(self.directory) as store:
-            found = store.heatmap(TargetKey(image_id, layer, latent, position), attributor)
+            found = store.heatmap(key, attributor)
         if found is None:
-            raise KeyError(f"no heatmap for {(image_id, layer, latent, position)} by {attributor!r}")
+            raise KeyError(f"no heatmap for {key} by {attributor!r}")
         return found
 
     def curve(
-        self, image_id: str, layer: int, latent: int, position: int, attributor: str, metric: str
+        self, image_id: str, layer: int, latent: int, position: int, attributor: str, metric: str,
+        *, sae: str | None = None,
     ) -> dict[str, np.ndarray | None]:
-        """``{"curve", "raw_curve", "fractions"}`` of one score."""
+        """``{"curve", "raw_curve", "fractions"}`` of one score (``sae``: see :meth:`key`)."""
+        key = self.key(image_id, layer, latent, position, sae)
         with RunStore.open_existing(self.directory) as store:
-            found = store.curve(TargetKey(image_id, layer, latent, position), attributor, metric)
+            found = store.curve(key, attributor, metric)
         if found is None:
-            raise KeyError(f"no {metric!r} curve for {(image_id, layer, latent, position)} by {attributor!r}")
+            raise KeyError(f"no {metric!r} curve for {key} by {attributor!r}")
         return found
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per attributor and metric: count, mean, standard error, median of the finite scores."""
-        groups: dict[tuple[str, str], list[float]] = {}
-        missing: dict[tuple[str, str], int] = {}
+        """Per SAE, attributor and metric: count, mean, standard error, median of the finite scores.
+
+        Scores that are NaN (undefined for their target, e.g. a locality metric on a class-token target) are
+        counted as ``undefined`` and left out of the statistics.
+        """
+        groups: dict[tuple[str, str, str], list[float]] = {}
+        missing: dict[tuple[str, str, str], int] = {}
         for row in self.rows:
-            key = (row["attributor"], row["metric"])
+            key = (row["sae"], row["attributor"], row["metric"])
             groups.setdefault(key, [])
             if math.isfinite(row["score"]):
                 groups[key].append(row["score"])
             else:
                 missing[key] = missing.get(key, 0) + 1
         table = []
-        for (attributor, metric), scores in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for (sae, attributor, metric), scores in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
             n = len(scores)
             table.append(
                 {
+                    "sae": sae,
                     "attributor": attributor,
                     "metric": metric,
                     "n": n,
-                    "undefined": missing.get((attributor, metric), 0),
+                    "undefined": missing.get((sae, attributor, metric), 0),
                     "mean": statistics.fmean(scores) if n else float("nan"),
                     "sem": statistics.stdev(scores) / math.sqrt(n) if n > 1 else float("nan"),
                     "median": statistics.median(scores) if n else float("nan"),
@@ -118,14 +153,22 @@ class Results:
         return table
 
     def format_summary(self) -> str:
-        """The summary as an aligned text table (arrows show which direction is better)."""
-        lines = [f"{'metric':<18} {'attributor':<24} {'n':>5} {'mean':>8} {'± sem':>8} {'median':>8}"]
-        for row in self.summary():
+        """The summary as an aligned text table (arrows show which direction is better).
+
+        A run of several SAEs has an ``sae`` column; a run with undefined scores an ``undef`` column.
+        """
+        summary = self.summary()
+        several = len({row["sae"] for row in summary}) > 1
+        undefined = any(row["undefined"] for row in summary)
+        sae_width = max([len("sae"), *(len(row["sae"]) for row in summary)]) if several else 0
+        header = f"{'metric':<18} " + (f"{'sae':<{sae_width}} " if several else "")
+        header += f"{'attributor':<24} {'n':>5}" + (f" {'undef':>5}" if undefined else "")
+        lines = [header + f" {'mean':>8} {'± sem':>8} {'median':>8}"]
+        for row in summary:
             arrow = {True: " ↑", False: " ↓"}.get(row["higher_is_better"], "")
-            lines.append(
-                f"{row['metric'] + arrow:<18} {row['attributor']:<24} {row['n']:>5} {row['mean']:>8.4f} "
-                f"{row['sem']:>8.4f} {row['median']:>8.4f}"
-            )
+            line = f"{row['metric'] + arrow:<18} " + (f"{row['sae']:<{sae_width}} " if several else "")
+            line += f"{row['attributor']:<24} {row['n']:>5}" + (f" {row['undefined']:>5}" if undefined else "")
+            lines.append(line + f" {row['mean']:>8.4f} {row['sem']:>8.4f} {row['median']:>8.4f}")
         skipped = sum(1 for t in self.targets if t["status"] != "explained")
         lines.append(f"{len(self.targets)} targets considered, {skipped} skipped as inactive")
         return "\n".join(lines)

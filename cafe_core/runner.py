@@ -7,18 +7,21 @@ import pathlib
 import sys
 import tempfile
 import warnings
+import zlib
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .executors import Executor, InProcessExecutor
+from .image_listing import current_listing, file_hash, reconcile
 from .plan import RunPlan, prepare
 from .plugins import get_host
 from .records import UnitResult, WorkUnit
 from .results import Results
+from .run_lock import RunLock
 from .spec import RunSpec, load_spec
-from .store import RunDirectoryError, RunStore
+from .store import RunDirectoryError, RunStore, make_run_directory
 from .worker import NonFiniteError, UnitWorker
 
 __all__ = ["run", "NonFiniteError"]
@@ -55,12 +58,31 @@ def _open_store(directory: pathlib.Path, canonical: dict[str, Any], plan: RunPla
     return store
 
 
-def _units(n_images: int, batch_size: int) -> list[WorkUnit]:
-    return [
-        WorkUnit(key=f"images[{start}:{min(start + batch_size, n_images)}]",
-                 indices=tuple(range(start, min(start + batch_size, n_images))))
-        for start in range(0, n_images, batch_size)
-    ]
+def _units(image_ids: list[str], batch_size: int) -> list[WorkUnit]:
+    """Batches of the listing; a unit's key names its images, so a changed listing never skips a batch."""
+    units = []
+    for start in range(0, len(image_ids), batch_size):
+        end = min(start + batch_size, len(image_ids))
+        digest = zlib.crc32("\n".join(image_ids[start:end]).encode())
+        units.append(WorkUnit(key=f"images[{start}:{end}]#{digest:08x}", indices=tuple(range(start, end))))
+    return units
+
+
+def _check_images(store: RunStore, plan: RunPlan, n_images: int) -> list[str]:
+    """Record the dataset's listing and fingerprints; refuse images that changed since they were computed."""
+    entries, changed = reconcile(
+        current_listing(plan.dataset, n_images), store.image_entries(),
+        lambda index: file_hash(plan.dataset.image_file(index)[1]),
+    )
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise RunDirectoryError(
+            f"{len(changed)} image(s) changed since this run in {store.directory} computed them: {shown}; "
+            "restore them to resume, or start a new output directory (a changed image under a new file name "
+            "is a new image)"
+        )
+    store.set_listing(entries)
+    return [entry.image_id for entry in entries]
 
 
 def run(
@@ -99,11 +121,13 @@ def run(
     directory = pathlib.Path(out) if out is not None else pathlib.Path(tempfile.mkdtemp(prefix="cafe-run-"))
     n_images = len(plan.dataset) if spec.run.limit is None else min(spec.run.limit, len(plan.dataset))
     canonical = plan.spec.canonical()
-    with _open_store(directory, canonical, plan, host) as store:
+    make_run_directory(directory)
+    with RunLock(directory), _open_store(directory, canonical, plan, host) as store:
         (directory / "spec.json").write_text(_json(canonical))
         (directory / "versions.json").write_text(_json(store.get_meta("versions")))
+        image_ids = _check_images(store, plan, n_images)
         done = store.finished_units()
-        units = [u for u in _units(n_images, plan.context.batch_size) if u.key not in done]
+        units = [u for u in _units(image_ids, plan.context.batch_size) if u.key not in done]
         show = sys.stderr.isatty() if progress is None else progress
         with tqdm(total=len(units), desc="cafe run", unit="batch", disable=not show) as bar:
 

@@ -63,6 +63,7 @@ def select_targets(
     codes: torch.Tensor,
     *,
     image_ids: Sequence[str],
+    sae: str,
     layer: int,
     backbone: Any,
     latents: Sequence[int] | None,
@@ -81,6 +82,8 @@ def select_targets(
     image_ids : sequence of str
         Identifiers of the ``B`` images (they seed the ``"random"`` rule, so a draw does not depend on
         batching).
+    sae : str
+        The label of the SAE the codes come from (part of every target's key).
     latents, select, count, min_activation
         The ``[targets]`` section of the spec.
     position : int or None
@@ -123,7 +126,7 @@ def select_targets(
             pos = int(positions[b, column])
             chosen.append(
                 TargetRecord(
-                    key=TargetKey(image_id, layer, int(latent), pos),
+                    key=TargetKey(image_id, sae, layer, int(latent), pos),
                     position_name=position_name(pos, backbone, layer),
                     activation=value,
                     status="explained" if value > min_activation else "inactive",

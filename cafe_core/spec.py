@@ -167,7 +167,7 @@ class RunSpec(BaseModel):
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "RunSpec":
-        for section in ("attributors", "metrics"):
+        for section in ("sae", "attributors", "metrics"):
             labels = [c.display_name for c in getattr(self, section)]
             repeated = sorted({x for x in labels if labels.count(x) > 1})
             if repeated:
@@ -199,19 +199,34 @@ def read_spec_source(source: dict[str, Any] | str | pathlib.Path) -> tuple[dict[
     Raises
     ------
     SpecError
-        For a missing file or invalid TOML.
+        For a missing, unreadable or non-UTF-8 file, a directory, invalid TOML, or a source of another type.
     """
     if isinstance(source, dict):
         return source, pathlib.Path.cwd()
     if isinstance(source, (str, pathlib.Path)):
         path = pathlib.Path(source)
         try:
-            return tomllib.loads(path.read_text(encoding="utf-8")), path.resolve().parent
+            # utf-8-sig: a UTF-8 file that starts with a byte-order mark (as some Windows editors save) is read too
+            text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise SpecError([("", f"spec file {str(path)!r} does not exist")]) from None
+        except IsADirectoryError:
+            raise SpecError([("", f"{path} is a directory; pass the path of a TOML spec file")]) from None
+        except UnicodeDecodeError as exc:
+            raise SpecError(
+                [("", f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded); TOML files are UTF-8: "
+                  "save it as UTF-8 in your editor")]
+            ) from None
+        except OSError as exc:
+            raise SpecError([("", f"{path} cannot be read ({exc.strerror}); check its permissions")]) from None
+        try:
+            return tomllib.loads(text), path.resolve().parent
         except tomllib.TOMLDecodeError as exc:
             raise SpecError([("", f"{path} is not valid TOML: {exc}")]) from None
-    raise TypeError(f"a spec is a dict or a path to a TOML file, not {type(source).__name__}")
+    raise SpecError(
+        [("", f"a spec is a dict, a RunSpec or the path of a TOML file, not {type(source).__name__} "
+          f"({source!r}); pass one of these")]
+    )
 
 
 def load_spec(source: RunSpec | dict[str, Any] | str | pathlib.Path) -> tuple[RunSpec, pathlib.Path]:

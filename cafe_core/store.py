@@ -17,10 +17,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import CafeError
+from .image_listing import ImageEntry
 from .records import KEY_FIELDS, HeatmapRecord, ScoreRecord, TargetKey, TargetRecord, UnitResult
 from .store_schema import HEATMAPS, SCORES, TARGETS, decode_array
 
-__all__ = ["RunStore", "RunDirectoryError", "StoredWork"]
+__all__ = ["RunStore", "RunDirectoryError", "StoredWork", "make_run_directory"]
 
 DB_NAME = "run.db"
 
@@ -31,6 +32,9 @@ _SCHEMA = ";\n".join(
         HEATMAPS.create,
         SCORES.create,
         "CREATE TABLE IF NOT EXISTS units (unit TEXT PRIMARY KEY, finished REAL)",
+        # every image the run has seen, its fingerprint, and whether it is in the dataset's current listing
+        "CREATE TABLE IF NOT EXISTS images (image_id TEXT PRIMARY KEY, idx INTEGER, size INTEGER, "
+        "mtime_ns INTEGER, sha256 TEXT NOT NULL, listed INTEGER NOT NULL)",
     ]
 )
 _KEY_MATCH = " AND ".join(f"{name} = ?" for name in KEY_FIELDS)
@@ -38,6 +42,22 @@ _KEY_MATCH = " AND ".join(f"{name} = ?" for name in KEY_FIELDS)
 
 class RunDirectoryError(CafeError):
     """The run directory cannot be used for this run."""
+
+
+def make_run_directory(directory: pathlib.Path) -> None:
+    """Create ``directory`` (and its parents) unless it exists; raise :class:`RunDirectoryError` if it cannot be."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next(p for p in (directory, *directory.parents) if p.exists())
+        raise RunDirectoryError(
+            f"cannot use {directory} as a run directory: {blocking} is a file, not a directory; "
+            "choose another output directory"
+        ) from None
+    except OSError as exc:
+        raise RunDirectoryError(
+            f"cannot create the run directory {directory} ({exc.strerror}); choose another output directory"
+        ) from None
 
 
 @dataclass
@@ -75,16 +95,51 @@ class RunStore:
 
     def __init__(self, directory: str | pathlib.Path) -> None:
         self.directory = pathlib.Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_run_directory(self.directory)
         self.path = self.directory / DB_NAME
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._add_sae_column()
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise RunDirectoryError(
                 f"{self.path} is not a readable run store ({exc}); choose another output directory"
             ) from None
+
+    def _add_sae_column(self) -> None:
+        """Give the tables of a store written before keys named their SAE the ``sae`` key column.
+
+        The column joins the primary key, so each table is rebuilt (in one transaction). The value is the
+        label of the stored spec's SAE; a store of several SAEs cannot tell whose rows are whose and is refused.
+        """
+        tables = [t for t in (TARGETS, HEATMAPS, SCORES) if self._columns(t.name)]
+        if not tables or all("sae" in self._columns(t.name) for t in tables):
+            return
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'spec'").fetchone()
+        sections = json.loads(row[0]).get("sae", []) if row else []
+        if len(sections) != 1:
+            self._db.close()
+            raise RunDirectoryError(
+                f"{self.directory} holds a run written before results were kept apart per SAE, and its "
+                f"{len(sections)} SAEs cannot be told apart in it; start the run again in a new output directory"
+            )
+        label = sections[0].get("label") or sections[0]["name"]
+        with self._db:
+            self._db.execute("BEGIN")
+            for table in tables:
+                old = [c for c in table.columns if c != "sae"]
+                self._db.execute(f"ALTER TABLE {table.name} RENAME TO {table.name}_before_sae")
+                self._db.execute(table.create)
+                self._db.execute(
+                    f"INSERT INTO {table.name} (sae, {', '.join(old)}) "
+                    f"SELECT ?, {', '.join(old)} FROM {table.name}_before_sae",
+                    (label,),
+                )
+                self._db.execute(f"DROP TABLE {table.name}_before_sae")
+
+    def _columns(self, table: str) -> list[str]:
+        return [row[1] for row in self._db.execute(f"PRAGMA table_info({table})")]
 
     @classmethod
     def open_existing(cls, directory: str | pathlib.Path) -> "RunStore":
@@ -113,6 +168,28 @@ class RunStore:
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable metadata value."""
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
+
+    # -- images ---------------------------------------------------------------------------------------
+    def image_entries(self) -> dict[str, ImageEntry]:
+        """Every image the run has fingerprinted, by id."""
+        rows = self._db.execute("SELECT image_id, idx, size, mtime_ns, sha256 FROM images")
+        return {row[0]: ImageEntry(*row) for row in rows}
+
+    def set_listing(self, entries: Sequence[ImageEntry]) -> None:
+        """Record the dataset's current listing (one transaction); images not in it stay, unlisted."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("UPDATE images SET listed = 0")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, 1)",
+                [(e.image_id, e.index, e.size, e.mtime_ns, e.sha256) for e in entries],
+            )
+
+    def listed_images(self) -> set[str] | None:
+        """The ids of the current listing, or ``None`` for a store written before listings were recorded."""
+        if self._db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None:
+            return None
+        return {row[0] for row in self._db.execute("SELECT image_id FROM images WHERE listed = 1")}
 
     # -- progress -------------------------------------------------------------------------------------
     def finished_units(self) -> set[str]:

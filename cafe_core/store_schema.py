@@ -82,7 +82,7 @@ class Table:
         types = {**key_types, **{name: codec[0] for name, codec in self._codecs.items()}}
         columns = ", ".join(f"{c} {types[c]}" for c in self.columns)
         self.create = f"CREATE TABLE IF NOT EXISTS {name} ({columns}, PRIMARY KEY ({', '.join(self.primary_key)}))"
-        self.insert = f"INTO {name} VALUES ({', '.join('?' * len(self.columns))})"
+        self.insert = f"INTO {name} ({', '.join(self.columns)}) VALUES ({', '.join('?' * len(self.columns))})"
 
     def to_row(self, record: Any) -> tuple[Any, ...]:
         """The database row of a record."""

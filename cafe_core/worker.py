@@ -12,7 +12,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .component_errors import blame
 from .errors import CafeError
+from .metric_output import check_metric_result
 from .plan import RunPlan
 from .protocols import Attribution, MetricResult, TargetFunction
 from .records import HeatmapRecord, ScoreRecord, TargetKey, TargetRecord, UnitResult, WorkUnit
@@ -68,10 +70,12 @@ class UnitWorker:
     def __call__(self, unit: WorkUnit) -> Iterator[UnitResult]:
         """The unit's results: the targets of each SAE, then each chunk of heatmaps and scores, then completion."""
         plan, context = self.plan, self.plan.context
-        items = [plan.dataset[i] for i in unit.indices]
+        with blame(f"dataset {plan.spec.dataset.display_name!r}", f"reading the images of {unit.key}"):
+            items = [plan.dataset[i] for i in unit.indices]
         image_ids = [item.image_id for item in items]
         annotations = [item.info for item in items]
-        x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
+        with blame(f"backbone {plan.spec.backbone.display_name!r}", f"preprocessing images {image_ids}"):
+            x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
         check_finite(x, f"preprocessed images {image_ids}", "check the image files")
         for sae_index, sae in enumerate(plan.saes):
             selected = self._select(sae_index, sae, x, image_ids)
@@ -87,17 +91,21 @@ class UnitWorker:
     def _select(self, sae_index: int, sae: Any, x: torch.Tensor, image_ids: list[str]) -> list[TargetRecord]:
         """The union of every selection rule's targets on these images (each target once)."""
         with torch.no_grad():
-            h = self.plan.backbone.forward_to(x, sae.layer)
+            with blame(f"backbone {self.plan.spec.backbone.display_name!r}",
+                       f"computing layer {sae.layer} of images {image_ids}"):
+                h = self.plan.backbone.forward_to(x, sae.layer)
             check_finite(h, f"hidden states at layer {sae.layer} of images {image_ids}",
                          "the backbone weights may be corrupt; check the checkpoint")
             chosen: dict[TargetKey, TargetRecord] = {}
             for rule, fixed in zip(self.plan.spec.targets, self.plan.rule_positions[sae_index]):
-                for record in self._select_rule(rule, fixed, sae, h, image_ids):
+                with blame(f"SAE {self.plan.sae_labels[sae_index]!r}", f"encoding images {image_ids}"):
+                    records = self._select_rule(rule, fixed, sae_index, sae, h, image_ids)
+                for record in records:
                     chosen.setdefault(record.key, record)
         return list(chosen.values())
 
     def _select_rule(
-        self, rule: Any, fixed: int | None, sae: Any, h: torch.Tensor, image_ids: list[str]
+        self, rule: Any, fixed: int | None, sae_index: int, sae: Any, h: torch.Tensor, image_ids: list[str]
     ) -> list[TargetRecord]:
         if rule.latents is None:
             codes = sae.encode(h)
@@ -108,7 +116,8 @@ class UnitWorker:
                 dim=-1,
             ).reshape(*h.shape[:2], len(rule.latents))
         return select_targets(
-            codes, image_ids=image_ids, layer=sae.layer, backbone=self.plan.backbone, latents=rule.latents,
+            codes, image_ids=image_ids, sae=self.plan.sae_labels[sae_index], layer=sae.layer,
+            backbone=self.plan.backbone, latents=rule.latents,
             select=rule.select, count=rule.count, position=fixed,
             min_activation=rule.min_activation, seed=self.plan.context.seed,
         )
@@ -164,13 +173,15 @@ class UnitWorker:
                 continue
             index = torch.as_tensor([i for _, i in pairs], device=x.device)
             heatmap = torch.stack([heatmaps[label][i] for label, i in pairs])
-            scored = metric.evaluate(
-                target.select(index), xs[index], heatmap, plan.context,
-                annotations=[annotations[chunk[i].row] for _, i in pairs],
-            )
-            result.scores += _score_records(
-                [chunk[i].record.key for _, i in pairs], [label for label, _ in pairs], metric_label, scored
-            )
+            with blame(f"metric {metric_label!r}", f"scoring {len(pairs)} heatmaps, the first of "
+                       f"{chunk[pairs[0][1]].record.key}"):
+                scored = metric.evaluate(
+                    target.select(index), xs[index], heatmap, plan.context,
+                    annotations=[annotations[chunk[i].row] for _, i in pairs],
+                )
+            keys, labels = [chunk[i].record.key for _, i in pairs], [label for label, _ in pairs]
+            check_metric_result(metric_label, scored, keys, labels)
+            result.scores += _score_records(keys, labels, metric_label, scored)
         return result
 
     def _stored_heatmaps(self, keys: list[TargetKey], label: str, like: torch.Tensor) -> torch.Tensor:
@@ -181,14 +192,20 @@ class UnitWorker:
         self, label: str, attributor: Any, target: TargetFunction, xs: torch.Tensor, keys: list[TargetKey]
     ) -> tuple[torch.Tensor, list[HeatmapRecord]]:
         """The heatmaps ``[N, gh, gw]`` of one attributor, checked, and their records."""
-        attribution = attributor.attribute(target, xs, self.plan.context)
+        with blame(f"attributor {label!r}", f"explaining {len(keys)} targets, the first {keys[0]}"):
+            attribution = attributor.attribute(target, xs, self.plan.context)
+        fix = "this is a bug of the attributor's plugin; report it to its authors, or leave it out of the spec"
         if not isinstance(attribution, Attribution):
-            raise CafeError(f"attributor {label!r} returned {type(attribution).__name__}, not an Attribution")
+            raise CafeError(
+                f"attributor {label!r} returned a {type(attribution).__name__}, not an Attribution, for "
+                f"{keys[0]} and {len(keys) - 1} more target(s); {fix}"
+            )
         heatmap = attribution.heatmap.detach()
         expected = (len(keys), *self.plan.backbone.grid_size)
         if tuple(heatmap.shape) != expected:
             raise CafeError(
-                f"attributor {label!r} returned a heatmap of shape {tuple(heatmap.shape)}, expected {expected}"
+                f"attributor {label!r} returned a heatmap of shape {tuple(heatmap.shape)}, expected {expected}, "
+                f"for {keys[0]} and {len(keys) - 1} more target(s); {fix}"
             )
         check_finite(heatmap, f"the heatmap of attributor {label!r} for {keys[0]}...",
                      "try run.dtype = \"float64\", or report it to the plugin's authors")

@@ -18,8 +18,8 @@ from cafe_core.records import (
 )
 from cafe_core.store import RunStore
 
-KEY = TargetKey("img0.png", 1, 7, 5)
-OTHER = TargetKey("img1.png", 1, 3, 0)
+KEY = TargetKey("img0.png", "relu", 1, 7, 5)
+OTHER = TargetKey("img1.png", "relu", 1, 3, 0)
 
 
 def unit_pieces():
@@ -84,5 +84,5 @@ def test_a_unit_result_survives_pickling_and_merges_its_pieces():
 
 def test_a_key_is_a_target_on_an_image():
     assert KEY.target == Target(1, 7, 5)
-    assert TargetKey.of("img0.png", Target(1, 7, 5)) == KEY
-    assert KEY.as_tuple() == ("img0.png", 1, 7, 5)
+    assert TargetKey.of("img0.png", "relu", Target(1, 7, 5)) == KEY
+    assert KEY.as_tuple() == ("img0.png", "relu", 1, 7, 5)

@@ -22,7 +22,7 @@ def test_every_vit_attributor_on_one_patch_and_one_class_token_target(tmp_path):
     attributors[7]["n_samples"] = 4
     spec = {
         "backbone": {"name": "toy_vit"},
-        "sae": [{"name": "toy_sae", "layer": 3}, {"name": "toy_sae", "layer": 3, "tokens": "cls"}],
+        "sae": [{"name": "toy_sae", "layer": 3}, {"name": "toy_sae", "label": "cls_sae", "layer": 3, "tokens": "cls"}],
         "dataset": {"name": "shapes", "size": 1, "seed": 4},
         "targets": {"select": "top", "count": 1, "token": "argmax"},
         "attributors": attributors,

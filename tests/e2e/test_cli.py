@@ -41,7 +41,7 @@ def test_run_then_show(spec_dict, tmp_path, capsys):
     assert shown.splitlines()[:5] == out.splitlines()[:5]
     assert main(["show", str(tmp_path / "run"), "--csv"]) == 0
     csv_lines = capsys.readouterr().out.splitlines()
-    assert csv_lines[0].startswith("image_id,layer,latent,position,position_name,activation,attributor,metric,score")
+    assert csv_lines[0].startswith("image_id,sae,layer,latent,position,position_name,activation,attributor,metric,score")
     assert len(csv_lines) == 1 + 10 * 2 * 2
 
 

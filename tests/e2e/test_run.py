@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import cafe_core
+from cafe_core.component_errors import ComponentError
 from cafe_core.errors import SpecError
 from cafe_core.plugins import PluginHost
 from cafe_core.store import RunDirectoryError
@@ -115,8 +116,9 @@ def test_an_interrupted_run_resumes_computing_only_what_is_missing(spec_dict, tm
     first_calls, second_calls = [], []
     host = PluginHost()
     host.add(counting_plugin(first_calls, fail_on_call=3), "counting")
-    with pytest.raises(Interrupt):
+    with pytest.raises(ComponentError, match="attributor 'counting' failed") as caught:
         cafe_core.run(spec_dict, tmp_path / "run", host=host)
+    assert isinstance(caught.value.__cause__, Interrupt)
     partial = cafe_core.Results.load(tmp_path / "run")
     assert len(partial.rows) == 2 * 2 * 2  # the first unit (2 images x 2 latents) x 2 metrics survived
 

@@ -8,13 +8,18 @@ from typing import Iterator, Sequence
 from cafe_core.errors import CafeError
 from cafe_core.protocols import ImageItem
 
+from .decode import decode
 from .params import DEFAULT_EXTENSIONS
 
-__all__ = ["ImageFolder", "UnreadableImageError"]
+__all__ = ["ImageFolder", "ImageTooLargeError", "UnreadableImageError"]
 
 
 class UnreadableImageError(CafeError):
     """An image file could not be decoded."""
+
+
+class ImageTooLargeError(UnreadableImageError):
+    """An image file declares more pixels than Pillow's decompression-bomb limit."""
 
 
 class ImageFolder:
@@ -32,7 +37,9 @@ class ImageFolder:
 
     Notes
     -----
-    Items hold PIL images in their original size and mode; the backbone's preprocessing converts them.
+    Items hold 8-bit PIL images in their original size and (mostly) mode, decoded by
+    :func:`cafe_datasets.decode.decode` (EXIF orientation applied, 16-bit samples scaled, the first frame of
+    an animation); the backbone's preprocessing converts them to RGB and resizes them.
     The ``image_id`` of an item is its POSIX path relative to ``path``.
     """
 
@@ -55,14 +62,23 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.files)
 
+    def image_file(self, index: int) -> tuple[str, pathlib.Path]:
+        """The ``image_id`` and file of item ``index``, without reading the file (a run fingerprints it)."""
+        path = self.files[index]
+        return path.relative_to(self.root).as_posix(), path
+
     def __getitem__(self, index: int) -> ImageItem:
         from PIL import Image, UnidentifiedImageError
 
         path = self.files[index]
         try:
             with Image.open(path) as image:
-                image.load()
-                loaded = image.copy()
+                loaded = decode(image)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(
+                f"image {str(path)!r} is too large to decode safely ({exc}); downscale the file or remove it "
+                "from the folder"
+            ) from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise UnreadableImageError(
                 f"cannot read image {str(path)!r} ({exc}); fix or remove the file, or narrow `extensions`"
