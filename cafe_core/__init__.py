@@ -5,6 +5,7 @@ Public API::
     import cafe_core
     results = cafe_core.run("spec.toml")          # or a dict, or a RunSpec
     results.summary()                            # mean / median score per attributor and metric
+    cafe_core.report(results.directory)          # HTML report with figures (needs a report plugin)
 
 Importing this package is cheap: torch, the plugin manager and every plugin load only when first used.
 """
@@ -17,13 +18,14 @@ from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["Results", "RunSpec", "hookimpl", "load_spec", "run", "__version__"]
+__all__ = ["Results", "RunSpec", "hookimpl", "load_spec", "report", "run", "__version__"]
 
 _LAZY = {
     "run": ("cafe_core.runner", "run"),
     "Results": ("cafe_core.results", "Results"),
     "RunSpec": ("cafe_core.spec", "RunSpec"),
     "load_spec": ("cafe_core.spec", "load_spec"),
+    "report": ("cafe_core.reporting", "report"),
 }
 
 

@@ -28,7 +28,8 @@ ATTRIBUTORS = [
 ]
 METRICS = [
     {"name": "insertion", "steps": 4}, {"name": "deletion", "steps": 4}, {"name": "own_patch_share"},
-    {"name": "object_hit"},
+    {"name": "cause_patches"}, {"name": "nonlocal_mass"}, {"name": "relevance_distance"},
+    {"name": "activation_agreement"}, {"name": "symmetric_relevance_gain", "steps": 4}, {"name": "object_hit"},
 ]
 # family -> (backbone section, the prefix token a second target rule reads)
 FAMILIES = {

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import torch
 
-from cafe_core.protocols import MetricResult, RunContext, TargetFunction, own_patch
+from cafe_core.protocols import MetricResult, TargetFunction, own_patch
+
+from .heatmap_metric import HeatmapMetric
 
 __all__ = ["OwnPatchShare"]
 
 
-class OwnPatchShare:
+class OwnPatchShare(HeatmapMetric):
     """Positive relevance on the target token's own patch over all positive relevance.
 
     A latent whose own patch holds less than half of the positive relevance is *non-local*: what made it
@@ -22,17 +22,10 @@ class OwnPatchShare:
     higher_is_better = None  # descriptive: how local an explanation is, not how good
     score_range = (0.0, 1.0)
 
-    def evaluate(
-        self,
-        target: TargetFunction,
-        x: torch.Tensor,
-        heatmap: torch.Tensor,
-        context: RunContext,
-        annotations: Sequence[dict[str, Any]] | None = None,
-    ) -> MetricResult:
-        """Score each row's heatmap against the position of its target token (``annotations`` are not used)."""
+    def score(self, target: TargetFunction, heatmap: torch.Tensor) -> MetricResult:
+        """Share of each row's positive relevance on its target token's own patch."""
         positive = heatmap.clamp_min(0).flatten(1)
-        patch = own_patch(target.backbone, target.layer, target.positions).to(heatmap.device)
+        patch = own_patch(target.backbone, target.layer, target.positions)
         is_patch = patch >= 0
         own = positive.gather(1, patch.clamp_min(0)[:, None]).squeeze(1)
         total = positive.sum(1)
