@@ -69,7 +69,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run
 
-    results = run(args.spec, args.out, progress=False if args.no_progress else None)
+    results = run(args.spec, args.out, progress=False if args.no_progress else None, paranoid=args.paranoid or None)
     print(results.format_summary())
     print(f"run directory: {results.directory}")
     return 0
@@ -124,6 +124,8 @@ def _parser(selected: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("spec", help="TOML run spec")
     run.add_argument("--out", required=True, help="run directory")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--paranoid", action="store_true",
+                     help="check that the model is unchanged after every component call (run.paranoid)")
     run.set_defaults(func=_cmd_run)
 
     show = commands.add_parser("show", help="summary table of a run directory")

@@ -9,7 +9,7 @@ therefore run units in any order, in any process or on any machine, as long as t
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol
 
 from .records import UnitResult, WorkUnit
 
@@ -20,15 +20,19 @@ Commit = Callable[[UnitResult], None]
 
 
 class Executor(Protocol):
-    """Runs ``work(unit)`` for every unit and passes every piece of its result to ``commit``."""
+    """Runs ``work(unit)`` for every unit and passes every piece of its result to ``commit``.
 
-    def execute(self, units: Sequence[WorkUnit], work: Work, commit: Commit) -> None: ...
+    ``units`` is a lazy stream (the dataset is read as it is consumed): an executor takes units from it as it
+    has room for them, in the driver's thread, rather than listing it whole.
+    """
+
+    def execute(self, units: Iterable[WorkUnit], work: Work, commit: Commit) -> None: ...
 
 
 class InProcessExecutor:
     """Runs the units sequentially in this process, committing each piece as it is produced."""
 
-    def execute(self, units: Sequence[WorkUnit], work: Work, commit: Commit) -> None:
+    def execute(self, units: Iterable[WorkUnit], work: Work, commit: Commit) -> None:
         """Run every unit in order."""
         for unit in units:
             for piece in work(unit):

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import pathlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -46,11 +46,11 @@ def file_hash(path: str | pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def current_listing(dataset: Any, n_images: int) -> list[ImageEntry]:
-    """The first ``n_images`` images of ``dataset``; files with size and time only (``sha256`` left ``None``)."""
+def current_listing(dataset: Any, indices: Iterable[int]) -> list[ImageEntry]:
+    """The images of ``dataset`` at ``indices``; files with size and time only (``sha256`` left ``None``)."""
     image_file = getattr(dataset, "image_file", None)
     entries = []
-    for index in range(n_images):
+    for index in indices:
         if callable(image_file):
             image_id, path = image_file(index)
             stat = pathlib.Path(path).stat()

@@ -7,27 +7,26 @@ import pathlib
 import sys
 import tempfile
 import warnings
-import zlib
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .executors import Executor, InProcessExecutor
-from .image_listing import current_listing, file_hash, reconcile
 from .plan import RunPlan, prepare
 from .plugins import get_host
-from .records import UnitResult, WorkUnit
+from .records import UnitResult
 from .results import Results
 from .run_lock import RunLock
 from .spec import RunSpec, load_spec
 from .store import RunDirectoryError, RunStore, make_run_directory
+from .unit_stream import stream_units
 from .worker import NonFiniteError, UnitWorker
 
 __all__ = ["run", "NonFiniteError"]
 
 # Execution settings that do not change results, so a run may resume with other values.
-_EXECUTION_ONLY = ("batch_size", "device")
+_EXECUTION_ONLY = ("batch_size", "device", "paranoid")
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
@@ -58,33 +57,6 @@ def _open_store(directory: pathlib.Path, canonical: dict[str, Any], plan: RunPla
     return store
 
 
-def _units(image_ids: list[str], batch_size: int) -> list[WorkUnit]:
-    """Batches of the listing; a unit's key names its images, so a changed listing never skips a batch."""
-    units = []
-    for start in range(0, len(image_ids), batch_size):
-        end = min(start + batch_size, len(image_ids))
-        digest = zlib.crc32("\n".join(image_ids[start:end]).encode())
-        units.append(WorkUnit(key=f"images[{start}:{end}]#{digest:08x}", indices=tuple(range(start, end))))
-    return units
-
-
-def _check_images(store: RunStore, plan: RunPlan, n_images: int) -> list[str]:
-    """Record the dataset's listing and fingerprints; refuse images that changed since they were computed."""
-    entries, changed = reconcile(
-        current_listing(plan.dataset, n_images), store.image_entries(),
-        lambda index: file_hash(plan.dataset.image_file(index)[1]),
-    )
-    if changed:
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise RunDirectoryError(
-            f"{len(changed)} image(s) changed since this run in {store.directory} computed them: {shown}; "
-            "restore them to resume, or start a new output directory (a changed image under a new file name "
-            "is a new image)"
-        )
-    store.set_listing(entries)
-    return [entry.image_id for entry in entries]
-
-
 def run(
     spec: RunSpec | dict[str, Any] | str | pathlib.Path,
     out: str | pathlib.Path | None = None,
@@ -92,6 +64,7 @@ def run(
     host: Any = None,
     executor: Executor | None = None,
     progress: bool | None = None,
+    paranoid: bool | None = None,
 ) -> Results:
     """Explain and score everything a spec asks for.
 
@@ -108,6 +81,9 @@ def run(
         How units of work are executed; defaults to in-process.
     progress : bool, optional
         Show a progress bar; defaults to whether stderr is a terminal.
+    paranoid : bool, optional
+        Overrides ``[run] paranoid``: check that the backbone and the SAEs are unchanged after every call of
+        every component (by default, after the first call of each).
 
     Returns
     -------
@@ -116,6 +92,8 @@ def run(
     """
     host = host or get_host()
     spec, base_dir = load_spec(spec)
+    if paranoid is not None:
+        spec = spec.model_copy(update={"run": spec.run.model_copy(update={"paranoid": paranoid})})
     torch.manual_seed(spec.run.seed)  # before building, so randomly initialised components are reproducible
     plan = prepare(spec, host, base_dir)
     directory = pathlib.Path(out) if out is not None else pathlib.Path(tempfile.mkdtemp(prefix="cafe-run-"))
@@ -125,16 +103,15 @@ def run(
     with RunLock(directory), _open_store(directory, canonical, plan, host) as store:
         (directory / "spec.json").write_text(_json(canonical))
         (directory / "versions.json").write_text(_json(store.get_meta("versions")))
-        image_ids = _check_images(store, plan, n_images)
-        done = store.finished_units()
-        units = [u for u in _units(image_ids, plan.context.batch_size) if u.key not in done]
+        batch_size = plan.context.batch_size
         show = sys.stderr.isatty() if progress is None else progress
-        with tqdm(total=len(units), desc="cafe run", unit="batch", disable=not show) as bar:
+        with tqdm(total=-(-n_images // batch_size), desc="cafe run", unit="batch", disable=not show) as bar:
 
             def commit(piece: UnitResult) -> None:
                 store.write(piece)
                 bar.update(int(piece.complete))
 
+            units = stream_units(store, plan, n_images, batch_size, on_skip=lambda unit: bar.update(1))
             worker = UnitWorker(plan, store.stored_work, store.heatmap)
             (executor or InProcessExecutor()).execute(units, worker, commit)
     results = Results(directory)

@@ -135,6 +135,8 @@ class RunSection(BaseModel):
     dtype: Literal["float32", "float64"] = "float32"
     seed: int = 0
     limit: int | None = Field(default=None, ge=1)
+    paranoid: bool = False
+    """Check that the model is unchanged after every component call, not only after each one's first."""
 
     @field_validator("device")
     @classmethod

@@ -37,6 +37,7 @@ _SCHEMA = ";\n".join(
         "mtime_ns INTEGER, sha256 TEXT NOT NULL, listed INTEGER NOT NULL)",
     ]
 )
+_IN_LIMIT = 500  # ids per "IN (...)" query, under SQLite's limit on bound variables
 _KEY_MATCH = " AND ".join(f"{name} = ?" for name in KEY_FIELDS)
 
 
@@ -170,26 +171,42 @@ class RunStore:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
 
     # -- images ---------------------------------------------------------------------------------------
-    def image_entries(self) -> dict[str, ImageEntry]:
-        """Every image the run has fingerprinted, by id."""
-        rows = self._db.execute("SELECT image_id, idx, size, mtime_ns, sha256 FROM images")
-        return {row[0]: ImageEntry(*row) for row in rows}
+    def image_entries(self, image_ids: Sequence[str] | None = None) -> dict[str, ImageEntry]:
+        """The fingerprinted images, by id: all of them, or those of ``image_ids`` that the run has seen."""
+        columns = "SELECT image_id, idx, size, mtime_ns, sha256 FROM images"
+        if image_ids is None:
+            return {row[0]: ImageEntry(*row) for row in self._db.execute(columns)}
+        found: dict[str, ImageEntry] = {}
+        for start in range(0, len(image_ids), _IN_LIMIT):
+            part = list(image_ids[start : start + _IN_LIMIT])
+            rows = self._db.execute(f"{columns} WHERE image_id IN ({','.join('?' * len(part))})", part)
+            found.update((row[0], ImageEntry(*row)) for row in rows)
+        return found
 
-    def set_listing(self, entries: Sequence[ImageEntry]) -> None:
-        """Record the dataset's current listing (one transaction); images not in it stay, unlisted."""
+    # A listing is recorded in passes: each run stamps the images it streams with a new pass number, and a pass
+    # that reaches the end of the dataset unlists (stamps 0) the images it did not see.
+    def begin_listing(self) -> int:
+        """The number of a new listing pass."""
+        return self._db.execute("SELECT COALESCE(MAX(listed), 0) + 1 FROM images").fetchone()[0]
+
+    def record_listing(self, entries: Sequence[ImageEntry], listing_pass: int) -> None:
+        """Record the fingerprints of some images of the dataset, as seen in ``listing_pass``."""
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("UPDATE images SET listed = 0")
             self._db.executemany(
-                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, 1)",
-                [(e.image_id, e.index, e.size, e.mtime_ns, e.sha256) for e in entries],
+                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.image_id, e.index, e.size, e.mtime_ns, e.sha256, listing_pass) for e in entries],
             )
+
+    def end_listing(self, listing_pass: int) -> None:
+        """Unlist every image that the complete pass ``listing_pass`` did not see."""
+        self._db.execute("UPDATE images SET listed = 0 WHERE listed != ?", (listing_pass,))
 
     def listed_images(self) -> set[str] | None:
         """The ids of the current listing, or ``None`` for a store written before listings were recorded."""
         if self._db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None:
             return None
-        return {row[0] for row in self._db.execute("SELECT image_id FROM images WHERE listed = 1")}
+        return {row[0] for row in self._db.execute("SELECT image_id FROM images WHERE listed != 0")}
 
     # -- progress -------------------------------------------------------------------------------------
     def finished_units(self) -> set[str]:

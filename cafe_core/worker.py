@@ -15,6 +15,7 @@ import torch
 from .component_errors import blame
 from .errors import CafeError
 from .metric_output import check_metric_result
+from .model_guard import ModelGuard, modules_of
 from .plan import RunPlan
 from .protocols import Attribution, MetricResult, TargetFunction
 from .records import HeatmapRecord, ScoreRecord, TargetKey, TargetRecord, UnitResult, WorkUnit
@@ -66,6 +67,10 @@ class UnitWorker:
         self.plan = plan
         self.stored_work = stored_work
         self.stored_heatmap = stored_heatmap
+        watched = [("backbone", module) for module in modules_of(plan.backbone)]
+        for label, sae in zip(plan.sae_labels, plan.saes):
+            watched += [(f"SAE {label!r}", module) for module in modules_of(sae)]
+        self.guard = ModelGuard(watched, paranoid=plan.spec.run.paranoid)
 
     def __call__(self, unit: WorkUnit) -> Iterator[UnitResult]:
         """The unit's results: the targets of each SAE, then each chunk of heatmaps and scores, then completion."""
@@ -173,8 +178,9 @@ class UnitWorker:
                 continue
             index = torch.as_tensor([i for _, i in pairs], device=x.device)
             heatmap = torch.stack([heatmaps[label][i] for label, i in pairs])
-            with blame(f"metric {metric_label!r}", f"scoring {len(pairs)} heatmaps, the first of "
-                       f"{chunk[pairs[0][1]].record.key}"):
+            with self.guard.watching(f"metric {metric_label!r}"), blame(
+                f"metric {metric_label!r}", f"scoring {len(pairs)} heatmaps, the first of {chunk[pairs[0][1]].record.key}"
+            ):
                 scored = metric.evaluate(
                     target.select(index), xs[index], heatmap, plan.context,
                     annotations=[annotations[chunk[i].row] for _, i in pairs],
@@ -192,7 +198,9 @@ class UnitWorker:
         self, label: str, attributor: Any, target: TargetFunction, xs: torch.Tensor, keys: list[TargetKey]
     ) -> tuple[torch.Tensor, list[HeatmapRecord]]:
         """The heatmaps ``[N, gh, gw]`` of one attributor, checked, and their records."""
-        with blame(f"attributor {label!r}", f"explaining {len(keys)} targets, the first {keys[0]}"):
+        with self.guard.watching(f"attributor {label!r}"), blame(
+            f"attributor {label!r}", f"explaining {len(keys)} targets, the first {keys[0]}"
+        ):
             attribution = attributor.attribute(target, xs, self.plan.context)
         fix = "this is a bug of the attributor's plugin; report it to its authors, or leave it out of the spec"
         if not isinstance(attribution, Attribution):

@@ -22,7 +22,7 @@ class FirstUnitOnly:
     """An executor that stops after the first unit of work, as a run killed early does."""
 
     def execute(self, units, work, commit):
-        for piece in work(units[0]):
+        for piece in work(next(iter(units))):
             commit(piece)
 
 
