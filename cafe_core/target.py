@@ -72,9 +72,13 @@ class TargetFunction:
         """Hidden states ``[B, T, D]`` at the SAE's layer."""
         return self.backbone.forward_to(x, self.layer)
 
-    def from_tokens(self, h: torch.Tensor) -> torch.Tensor:
-        """``z [B]`` from hidden states ``[B, T, D]`` (row ``i`` reads token ``positions[i]``)."""
-        rows = torch.arange(h.shape[0], device=h.device)
+    def from_tokens(self, h: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
+        """``z [B]`` from hidden states ``[N, T, D]``.
+
+        Row ``i`` reads token ``positions[i]`` of ``h[sources[i]]``; by default of ``h[i]`` (``N = B``). Several
+        rows may read one forward pass this way, each its own latent at its own token.
+        """
+        rows = torch.arange(h.shape[0], device=h.device) if sources is None else sources.to(h.device)
         picked = h[rows, self.positions.to(h.device)]
         return self.sae.encode_latents(picked, self.latents.to(h.device))
 

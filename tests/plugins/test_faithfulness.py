@@ -178,6 +178,36 @@ def test_composites_are_evaluated_in_batches():
     assert backbone.calls == [16, 16, 16, 3]  # 3 rows x 17 points
 
 
+@pytest.mark.parametrize("metric_class", [Insertion, Deletion], ids=["insertion", "deletion"])
+def test_points_showing_the_same_image_share_one_forward(metric_class):
+    """Two images, three targets each, two rankings per target (as two attributors): the blank, the full image
+    and every set of patches two rankings share are forwarded once, and every curve is as computed alone."""
+    backbone = CountingBackbone(patch_sum_backbone())
+    w = np.random.default_rng(4).uniform(-0.2, 1.0, size=(3, N))
+    sae = LinearReluSAE(torch.tensor(w, dtype=torch.float32))
+    images = _images(2, seed=5)
+    image_of_row = [0, 0, 0, 1, 1, 1] * 2
+    latents, positions = [0, 1, 2, 0, 1, 2] * 2, [CLS, CLS, 1 + 5, CLS, CLS, 1 + 9] * 2
+    generator = torch.Generator().manual_seed(6)
+    first = torch.randn(6, 4, 4, generator=generator)
+    second = first.clone()
+    second[:, 3] = torch.randn(6, 4, generator=generator)  # agrees on the top rows' order, not the bottom row's
+    heatmap = torch.cat([first, second])
+    x = images[image_of_row]
+    metric = metric_class(steps=1)
+
+    batch = metric.evaluate(TargetFunction(backbone, sae, 0, latents, positions), x, heatmap, RunContext(batch_size=7))
+    order = torch.argsort(-heatmap.flatten(1), dim=1, stable=True).numpy()
+    distinct = {(image_of_row[r], frozenset(order[r, :k].tolist())) for r in range(12) for k in range(N + 1)}
+    assert sum(backbone.calls) == len(distinct) < 12 * (N + 1)
+    for i in range(12):
+        single = metric.evaluate(
+            TargetFunction(patch_sum_backbone(), sae, 0, [latents[i]], [positions[i]]), x[i : i + 1],
+            heatmap[i : i + 1], RunContext(batch_size=4),
+        )
+        torch.testing.assert_close(batch.raw_curve[i : i + 1], single.raw_curve, equal_nan=True)
+
+
 def _expected_with_blank(x: np.ndarray, blank: np.ndarray, w: np.ndarray, order: np.ndarray, inserting: bool):
     """Normalised curve of one row for any blank: composite images built in numpy, z read off the patch sums."""
     curve = []

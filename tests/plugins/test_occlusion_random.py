@@ -99,9 +99,23 @@ def test_occlusion_runs_batched_forwards_within_the_batch_size(linear):
     target = TargetFunction(counting, sae, 0, [0, 1, 2], [CLS, CLS, 1 + 4])
     with torch.no_grad():  # no backward pass is needed
         Occlusion().attribute(target, _images(3, seed=4), RunContext(batch_size=5))
-    # z of the 3 rows in one pass, then 3 x 16 occluded copies in passes of 5.
-    assert counting.calls == [3] + [5] * 9 + [3]
-    assert sum(counting.calls) == 3 * (N + 1)
+    # 3 images x (16 occluded copies + the image itself), in passes of 5.
+    assert counting.calls == [5] * 10 + [1]
+
+
+def test_latents_of_one_image_share_its_occluded_forwards(linear):
+    backbone, sae, _ = linear
+    counting = CountingBackbone(backbone)
+    x = _images(2, seed=7)[[0, 0, 1, 0]]  # three latents of the first image, one of the second
+    latents, positions = [0, 1, 2, 1], [CLS, CLS, 1 + 4, 1 + 9]
+    shared = Occlusion().attribute(TargetFunction(counting, sae, 0, latents, positions), x, RunContext(batch_size=6))
+    assert sum(counting.calls) == 2 * (N + 1)
+    for i in range(4):
+        alone = Occlusion().attribute(
+            TargetFunction(backbone, sae, 0, [latents[i]], [positions[i]]), x[i : i + 1], RunContext(batch_size=3)
+        )
+        torch.testing.assert_close(shared.heatmap[i : i + 1], alone.heatmap)
+        torch.testing.assert_close(shared.info["z"][i : i + 1], alone.info["z"])
 
 
 def test_occlusion_rejects_an_input_off_the_grid(linear):

@@ -10,6 +10,7 @@ from cafe_core.blanks import make_blank, patch_tiling_problem
 from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import patches_to_pixels
 from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction
+from cafe_core.shared_forward import distinct_images, latents_on_shared_images
 
 __all__ = ["Occlusion"]
 
@@ -28,9 +29,11 @@ class Occlusion:
 
     Notes
     -----
-    **Cost.** ``gh * gw + 1`` forward passes of the trunk (up to the SAE's layer) per heatmap and no
-    backward pass: 196 + 1 for a 224-pixel ViT with 16-pixel patches. The occluded copies of all rows run
-    as batched forward passes of at most ``context.batch_size`` images, built one chunk at a time.
+    **Cost.** ``gh * gw + 1`` forward passes of the trunk (up to the SAE's layer) per distinct image and no
+    backward pass: 196 + 1 for a 224-pixel ViT with 16-pixel patches. Rows that show the same image (several
+    latents of one image) read their latents from the same forward passes, so K latents of an image cost
+    about one. The occluded copies run as batched forward passes of at most ``context.batch_size`` images,
+    built one chunk at a time.
 
     A positive value means the patch supports the latent, a negative one that hiding it raises the latent.
     The drops of single patches need not add up to ``z``: patches that back each other up each show a
@@ -78,16 +81,22 @@ class Occlusion:
             raise IncompatibleComponentError(problem)
         b, n_patches = len(x), gh * gw
         blank = make_blank(x, self.blank, self.blur_sigma)
-        z = target.batched(x, context.batch_size)
-        rows_of = torch.arange(b, device=x.device).repeat_interleave(n_patches)
-        patch_of = torch.arange(n_patches, device=x.device).repeat(b)
-        repeated = target.repeat_interleave(n_patches)
-        occluded = []
-        with torch.no_grad():
-            for chunk in context.chunks(b * n_patches):
-                rows = rows_of[chunk]
-                one_patch = torch.nn.functional.one_hot(patch_of[chunk], n_patches).reshape(-1, gh, gw)
-                hidden = patches_to_pixels(one_patch.bool(), (ph, pw))[:, None]
-                occluded.append(repeated.select(chunk)(torch.where(hidden, blank[rows], x[rows])))
-        drop = z[:, None] - torch.cat(occluded).reshape(b, n_patches)
+        # Per distinct image: its n_patches occluded copies, then the image itself; every row reads them all.
+        rows, image_of_row = distinct_images(x)
+        per_image = n_patches + 1
+        hide = torch.cat([torch.eye(n_patches, dtype=torch.bool, device=x.device),
+                          torch.zeros(1, n_patches, dtype=torch.bool, device=x.device)]).reshape(per_image, gh, gw)
+
+        def occluded(chunk: slice) -> torch.Tensor:
+            index = torch.arange(chunk.start, chunk.stop, device=x.device)
+            source = rows[torch.div(index, per_image, rounding_mode="floor")]
+            hidden = patches_to_pixels(hide[index % per_image], (ph, pw))[:, None]
+            return torch.where(hidden, blank[source], x[source])
+
+        image_of_reader = (image_of_row[:, None] * per_image + torch.arange(per_image, device=x.device)).reshape(-1)
+        values = latents_on_shared_images(
+            target.repeat_interleave(per_image), image_of_reader, len(rows) * per_image, occluded, context
+        ).reshape(b, per_image)
+        z = values[:, -1]
+        drop = z[:, None] - values[:, :-1]
         return Attribution(heatmap=drop.reshape(b, gh, gw), info={"z": z})

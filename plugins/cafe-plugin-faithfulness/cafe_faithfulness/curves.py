@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from typing import Any, Sequence
 
 import torch
@@ -12,8 +11,9 @@ from cafe_core.blanks import make_blank, patch_tiling_problem
 from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import patches_to_pixels, rank_patches
 from cafe_core.protocols import Backbone, MetricResult, RunContext, TargetFunction
+from cafe_core.shared_forward import distinct_images, latents_on_shared_images
 
-__all__ = ["Deletion", "Insertion", "PatchCurve", "curve_counts", "ranked_masks"]
+__all__ = ["Deletion", "Insertion", "PatchCurve", "curve_counts", "distinct_composites", "ranked_masks"]
 
 
 def curve_counts(n_patches: int, steps: int) -> list[int]:
@@ -45,6 +45,38 @@ def ranked_masks(heatmap: torch.Tensor, counts: list[int]) -> torch.Tensor:
     rank_of.scatter_(1, order, torch.arange(gh * gw, device=order.device).expand(b, -1))
     limits = torch.as_tensor(counts, device=order.device)
     return (rank_of[:, None, :] < limits[None, :, None]).reshape(b, len(counts), gh, gw)
+
+
+def distinct_composites(x: torch.Tensor, masks: torch.Tensor, n_points: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group the points of ``B`` curves of ``n_points`` points by the image they show.
+
+    A composite depends only on its input image and the set of patches changed, so the points of different
+    targets and attributors on one image with the same set (always the blank and the full image) are one
+    composite.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[B, 3, H, W]``: rows may repeat an image (several targets of one image).
+    masks : torch.Tensor
+        Boolean ``[B * n_points, gh, gw]``, curve-major: the patches changed at each point.
+    n_points : int
+        Points per curve.
+
+    Returns
+    -------
+    rows : torch.Tensor
+        ``[U]`` the input row each distinct composite is made from.
+    changed : torch.Tensor
+        Boolean ``[U, gh, gw]``: its changed patches.
+    of_point : torch.Tensor
+        ``[B * n_points]`` the composite each point shows.
+    """
+    rows_of_image, image_of_row = distinct_images(x)
+    image = image_of_row.repeat_interleave(n_points)
+    keys = torch.cat([image[:, None], masks.flatten(1).to(image.dtype)], dim=1)
+    distinct, of_point = torch.unique(keys, dim=0, return_inverse=True)
+    return rows_of_image[distinct[:, 0]], distinct[:, 1:].bool().reshape(-1, *masks.shape[1:]), of_point
 
 
 class PatchCurve:
@@ -145,19 +177,19 @@ class PatchCurve:
         counts = curve_counts(n_patches, self.steps)
         n_points = len(counts)
         masks = ranked_masks(heatmap.to(x.device), counts).reshape(b * n_points, gh, gw)
+        rows, changed, of_point = distinct_composites(x, masks, n_points)
         blank = make_blank(x, self.blank, self.blur_sigma)
-        rows_of = torch.arange(b, device=x.device).repeat_interleave(n_points)
-        repeated = target.repeat_interleave(n_points)
 
-        values = []
-        with torch.no_grad():
-            for chunk in context.chunks(b * n_points):
-                rows = rows_of[chunk]
-                changed = patches_to_pixels(masks[chunk].to(x.dtype), (ph, pw))[:, None]
-                kept = changed if self.inserting else 1 - changed
-                composite = blank[rows] * (1 - kept) + x[rows] * kept
-                values.append(repeated.select(chunk)(composite))
-        curve = torch.cat(values).float().reshape(b, n_points)
+        def composites(chunk: slice) -> torch.Tensor:
+            kept = patches_to_pixels(changed[chunk].to(x.dtype), (ph, pw))[:, None]
+            if not self.inserting:
+                kept = 1 - kept
+            return blank[rows[chunk]] * (1 - kept) + x[rows[chunk]] * kept
+
+        values = latents_on_shared_images(
+            target.repeat_interleave(n_points), of_point, len(rows), composites, context
+        )
+        curve = values.float().reshape(b, n_points)
 
         full_z = curve[:, -1] if self.inserting else curve[:, 0]
         valid = torch.isfinite(full_z) & (full_z != 0)
