@@ -20,7 +20,7 @@ from .plugins import get_host
 from .records import UnitResult, WorkUnit
 from .results import Results
 from .run_lock import RunLock
-from .spec import RunSpec, load_spec
+from .spec import RunSpec, load_spec, stored_spec_data
 from .store import RunDirectoryError, RunStore, make_run_directory
 from .worker import NonFiniteError, UnitWorker
 
@@ -34,7 +34,7 @@ def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
     """The canonical form of a stored spec (written with today's keys) without its execution-only settings."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # a run stored before a key was renamed
-        spec = RunSpec.model_validate(spec).canonical()
+        spec = RunSpec.model_validate(stored_spec_data(spec)).canonical()
     return {**spec, "run": {k: v for k, v in spec.get("run", {}).items() if k not in _EXECUTION_ONLY}}
 
 
@@ -85,6 +85,40 @@ def _check_images(store: RunStore, plan: RunPlan, n_images: int) -> list[str]:
     return [entry.image_id for entry in entries]
 
 
+def _floors(store: RunStore, plan: RunPlan, image_ids: list[str]) -> list[list[torch.Tensor | None]]:
+    """Per SAE and rule, each latent's floor: ``min_relative_activation`` times its scale over the run's images.
+
+    The scales are computed once, over the images of the run when it starts (one forward pass to each SAE's
+    layer per batch), and kept in the store's ``activation_scales``: a resumed run reuses them, so that every
+    image is judged by the same floor even when images were added since.
+    """
+    rules = plan.spec.targets
+    if all(rule.min_relative_activation <= 0 for rule in rules):
+        return []
+    stored = store.get_meta("activation_scales")
+    expected = [[rule.min_relative_activation > 0 for rule in rules] for _ in plan.saes]
+    scales = None
+    if isinstance(stored, dict) and all(isinstance(stored.get(label), list) for label in plan.sae_labels):
+        found = [stored[label] for label in plan.sae_labels]
+        if [[entry is not None for entry in per_rule] for per_rule in found] == expected:
+            scales = [[None if e is None else torch.tensor(e, dtype=torch.float64) for e in per_rule]
+                      for per_rule in found]
+    if scales is None:
+        worker = UnitWorker(plan, store.stored_work, store.heatmap)
+        for unit in _units(image_ids, plan.context.batch_size):
+            scales = worker.activation_scales(unit, scales)
+        if scales is None:  # no images
+            return []
+        store.set_meta("activation_scales", {
+            label: [None if s is None else s.tolist() for s in per_rule]
+            for label, per_rule in zip(plan.sae_labels, scales)
+        })
+    return [
+        [None if scale is None else rule.min_relative_activation * scale for rule, scale in zip(rules, per_rule)]
+        for per_rule in scales
+    ]
+
+
 def run(
     spec: RunSpec | dict[str, Any] | str | pathlib.Path,
     out: str | pathlib.Path | None = None,
@@ -126,6 +160,7 @@ def run(
         (directory / "spec.json").write_text(_json(canonical))
         (directory / "versions.json").write_text(_json(store.get_meta("versions")))
         image_ids = _check_images(store, plan, n_images)
+        plan.floors = _floors(store, plan, image_ids)
         done = store.finished_units()
         units = [u for u in _units(image_ids, plan.context.batch_size) if u.key not in done]
         show = sys.stderr.isatty() if progress is None else progress

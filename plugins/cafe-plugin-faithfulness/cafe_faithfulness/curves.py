@@ -119,7 +119,8 @@ class PatchCurve:
             ``score [B]`` the area under ``curve [B, S]`` over ``fractions [S]`` (patches changed / all
             patches); ``raw_curve`` the normalised curve before clipping; ``info["full_z"]`` the latent on
             the full image (a row where it is zero or not finite scores NaN) and ``info["raw_auc"]`` the
-            area under ``raw_curve``.
+            area under ``raw_curve``. Curves, scores and fractions have the dtype of the latent's values (the
+            run's dtype; float32 at least).
 
         Raises
         ------
@@ -157,7 +158,9 @@ class PatchCurve:
                 kept = changed if self.inserting else 1 - changed
                 composite = blank[rows] * (1 - kept) + x[rows] * kept
                 values.append(repeated.select(chunk)(composite))
-        curve = torch.cat(values).float().reshape(b, n_points)
+        curve = torch.cat(values).reshape(b, n_points)
+        # The run's dtype (a float64 run keeps float64 curves); a lower precision is widened to float32.
+        curve = curve.to(torch.promote_types(curve.dtype, torch.float32))
 
         full_z = curve[:, -1] if self.inserting else curve[:, 0]
         valid = torch.isfinite(full_z) & (full_z != 0)
