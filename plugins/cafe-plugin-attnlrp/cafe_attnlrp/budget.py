@@ -117,6 +117,8 @@ def relevance_budget(target: TargetFunction, x: torch.Tensor, rule: str = "attnl
         h = target.tokens(inputs)
         z = target.from_tokens(h)
         stream.append(h)
+        if rule != "attnlrp":  # CP-LRP holds the weights constant: nothing to measure there
+            weights = [[] for _ in blocks]
         leaves = [inputs, *stream, *probes.values(), *(s for found in weights for s in found)]
         grads = torch.autograd.grad(z.sum(), leaves, allow_unused=True)
 
