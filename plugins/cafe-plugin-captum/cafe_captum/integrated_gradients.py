@@ -61,10 +61,11 @@ class IntegratedGradients:
     ``z`` itself, summing to ``z(x) - z(x0)``, and it converges as fast as ``quantity="pre"``. ``a*`` is found
     on the latent's values alone (no pre-activation needed): the last of 7 evenly spaced points where the
     latent is off, 16 bisections, then a secant step within the last interval (24 forward passes, a quarter
-    of the cost of 32 steps; see :func:`latent_onset`). It is exact when the latent turns on once along
-    the path; if it is on for a while before ``x*`` and off again, that stretch is left out (its
-    contributions cancel in the sum, so the delta does not show it). ``info["onset"]`` is ``a*`` per row
-    (0 where the path starts at the blank).
+    of the cost of 32 steps; see :func:`latent_onset`). It removes the kink when the latent turns on once along
+    the path. A latent on at the blank is integrated from the blank: if it turns off and on again on the
+    way, those kinks remain and the delta shows them. If it is on for a while before ``x*`` and off again,
+    that stretch is left out (its contributions cancel in the sum, so the delta does not show it).
+    ``info["onset"]`` is ``a*`` per row (0 where the path starts at the blank).
 
     **Completeness.** ``info["delta"]`` is ``sum(attributions) - (f(x) - f(x0))`` per row (Captum's
     convergence delta, taken against the blank also when the path starts at the onset);
