@@ -218,7 +218,7 @@ class Results:
                          + f"{'attributor':<24} {'n':>5} {'median':>8} {'max':>8}")
             for row in diagnostics:
                 line = f"{row['diagnostic']:<{width}} " + (f"{row['sae']:<{sae_width}} " if several else "")
-                lines.append(line + f"{row['attributor']:<24} {row['n']:>5} {row['median']:>8.4f} {row['max']:>8.4f}")
+                lines.append(line + f"{row['attributor']:<24} {row['n']:>5} {row['median']:>8.3g} {row['max']:>8.3g}")
         statuses = [t["status"] for t in self.targets]
         line = f"{len(statuses)} targets considered, {statuses.count('inactive')} skipped as inactive"
         below = statuses.count("below_floor")
