@@ -45,7 +45,7 @@ def test_quickstart_runs_on_two_images(tmp_path):
     assert sum(line.startswith(("deletion", "insertion", "object_hit", "own_patch_share")) for line in shown) == 20
     error_header = next(line for line in printed if line.startswith("relative error"))
     assert error_header in shown
-    for prefix in ("completeness |delta|/|f(x)-f(x0)|  integrated_gradients", "conservation |error|/|z|"):
+    for prefix in ("completeness |delta|/|f(x)-f(x0)| integrated_gradients", "conservation |error|/|z|"):
         assert any(line.startswith(prefix) for line in shown), prefix
         assert any(line.startswith(prefix) for line in printed), prefix
     assert re.fullmatch(r"\d+ targets considered, \d+ skipped as inactive(, \d+ below the floor "
