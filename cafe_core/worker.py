@@ -70,13 +70,9 @@ class UnitWorker:
     def __call__(self, unit: WorkUnit) -> Iterator[UnitResult]:
         """The unit's results: the targets of each SAE, then each chunk of heatmaps and scores, then completion."""
         plan, context = self.plan, self.plan.context
-        with blame(f"dataset {plan.spec.dataset.display_name!r}", f"reading the images of {unit.key}"):
-            items = [plan.dataset[i] for i in unit.indices]
+        items, x = self._inputs(unit)
         image_ids = [item.image_id for item in items]
         annotations = [item.info for item in items]
-        with blame(f"backbone {plan.spec.backbone.display_name!r}", f"preprocessing images {image_ids}"):
-            x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
-        check_finite(x, f"preprocessed images {image_ids}", "check the image files")
         for sae_index, sae in enumerate(plan.saes):
             selected = self._select(sae_index, sae, x, image_ids)
             yield UnitResult(unit.key, targets=selected)
@@ -85,6 +81,17 @@ class UnitWorker:
             for start in range(0, len(todo), context.batch_size):
                 yield self._explain_chunk(unit.key, sae, x, annotations, todo[start : start + context.batch_size])
         yield UnitResult(unit.key, complete=True)
+
+    def _inputs(self, unit: WorkUnit) -> tuple[list[Any], torch.Tensor]:
+        """The unit's dataset items and their model inputs, checked to be finite."""
+        plan, context = self.plan, self.plan.context
+        with blame(f"dataset {plan.spec.dataset.display_name!r}", f"reading the images of {unit.key}"):
+            items = [plan.dataset[i] for i in unit.indices]
+        image_ids = [item.image_id for item in items]
+        with blame(f"backbone {plan.spec.backbone.display_name!r}", f"preprocessing images {image_ids}"):
+            x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
+        check_finite(x, f"preprocessed images {image_ids}", "check the image files")
+        return items, x
 
     # -- selection --------------------------------------------------------------------------------------
 
@@ -117,12 +124,9 @@ class UnitWorker:
         Combined with ``scales`` (the result for the units before); ``None`` for a rule without a relative
         floor (``min_relative_activation = 0``). See :func:`cafe_core.selection.activation_scales`.
         """
-        plan, context = self.plan, self.plan.context
-        items = [plan.dataset[i] for i in unit.indices]
+        plan = self.plan
+        items, x = self._inputs(unit)
         image_ids = [item.image_id for item in items]
-        with blame(f"backbone {plan.spec.backbone.display_name!r}", f"preprocessing images {image_ids}"):
-            x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
-        check_finite(x, f"preprocessed images {image_ids}", "check the image files")
         n_prefix = len(plan.backbone.prefix_tokens)
         out = []
         for sae_index, sae in enumerate(plan.saes):
