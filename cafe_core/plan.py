@@ -48,6 +48,9 @@ class RunPlan:
     metrics: dict[str, Any] = field(default_factory=dict)
     rule_positions: list[list[int | None]] = field(default_factory=list)
     """Per SAE, per selection rule: the rule's token index (``None`` for ``"argmax"``)."""
+    floors: list[list[Any]] = field(default_factory=list)
+    """Per SAE, per selection rule: each latent's floor (``min_relative_activation`` times its scale over the
+    run's images), a tensor, or ``None`` for a rule without one; empty until the runner has set them."""
 
     def versions(self, host: Any) -> dict[str, Any]:
         """Versions of cafe, torch, Python and every plugin that provided a component of this run."""

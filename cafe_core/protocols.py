@@ -194,7 +194,9 @@ class Attribution:
         Optional ``[B, H, W]`` pixel-level map.
     info : dict
         Per-row diagnostics, each value a tensor ``[B]`` (a completeness delta, a conservation error...). The
-        run store keeps them beside the heatmap.
+        run store keeps them beside the heatmap. Under the names of :data:`cafe_core.results.DIAGNOSTICS`
+        (``relative_delta``; ``conservation_error`` with ``z``) the summary of a run reports their median and
+        largest value per attributor.
     """
 
     heatmap: torch.Tensor

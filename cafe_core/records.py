@@ -86,8 +86,10 @@ class TargetRecord:
         ``"cls"``, ``"reg0"``... or ``"patch(r,c)"``.
     activation : float
         The latent's value at its token on this image.
-    status : {"explained", "inactive"}
-        Inactive targets (value at most the rule's ``min_activation``) are recorded but not explained.
+    status : {"explained", "inactive", "below_floor"}
+        Inactive targets (value at most the rule's ``min_activation``) and targets below the rule's floor
+        (active, but under ``min_relative_activation`` times the latent's scale) are recorded but not
+        explained.
     """
 
     key: TargetKey

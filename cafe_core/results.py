@@ -13,7 +13,48 @@ import numpy as np
 from .records import TargetKey
 from .store import RunStore
 
-__all__ = ["Results"]
+__all__ = ["DIAGNOSTICS", "Results", "heatmap_diagnostics"]
+
+
+DIAGNOSTICS: dict[str, tuple[str, str | None]] = {
+    "completeness |delta|/|f(x)-f(x0)|": ("relative_delta", None),
+    "conservation |error|/|z|": ("conservation_error", "z"),
+}
+"""The per-heatmap relative errors a summary reports: its name -> (the ``info`` key, the key it is divided by,
+in absolute value, or ``None``). ``relative_delta`` is what Integrated Gradients reports (its completeness
+delta relative to ``f(x) - f(x0)``), ``conservation_error`` and ``z`` what AttnLRP and CP-LRP report."""
+
+
+def heatmap_diagnostics(heatmaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The median and largest of each :data:`DIAGNOSTICS` value, per SAE and attributor.
+
+    Parameters
+    ----------
+    heatmaps : list of dict
+        One per heatmap: ``sae``, ``attributor`` and ``info.<name>`` values (as :attr:`Results.heatmap_index`).
+
+    Returns
+    -------
+    list of dict
+        ``diagnostic``, ``sae``, ``attributor``, ``n``, ``median``, ``max``, sorted by diagnostic, SAE and
+        attributor; only attributors that report the value.
+    """
+    found: dict[tuple[str, str, str], list[float]] = {}
+    for row in heatmaps:
+        for name, (key, scale) in DIAGNOSTICS.items():
+            value = row.get(f"info.{key}")
+            if value is None:
+                continue
+            if scale is not None:
+                denominator = row.get(f"info.{scale}")
+                value = abs(value) / abs(denominator) if denominator else float("nan")
+            if math.isfinite(value):
+                found.setdefault((name, row["sae"], row["attributor"]), []).append(abs(value))
+    return [
+        {"diagnostic": name, "sae": sae, "attributor": attributor, "n": len(values),
+         "median": statistics.median(values), "max": max(values)}
+        for (name, sae, attributor), values in sorted(found.items())
+    ]
 
 
 class Results:
@@ -28,7 +69,8 @@ class Results:
         with ``score``, the target's ``activation`` and any per-row diagnostics as ``info.<name>`` columns.
         Images no longer in the dataset when the run last resumed are left out.
     targets : list of dict
-        Every target considered, including those skipped as inactive (``status``).
+        Every target considered, including those not explained (``status``: ``"inactive"``, or
+        ``"below_floor"`` under the rule's ``min_relative_activation``).
     """
 
     def __init__(self, directory: str | pathlib.Path) -> None:
@@ -169,9 +211,28 @@ class Results:
             line = f"{row['metric'] + arrow:<18} " + (f"{row['sae']:<{sae_width}} " if several else "")
             line += f"{row['attributor']:<24} {row['n']:>5}" + (f" {row['undefined']:>5}" if undefined else "")
             lines.append(line + f" {row['mean']:>8.4f} {row['sem']:>8.4f} {row['median']:>8.4f}")
-        skipped = sum(1 for t in self.targets if t["status"] != "explained")
-        lines.append(f"{len(self.targets)} targets considered, {skipped} skipped as inactive")
+        diagnostics = self.diagnostics()
+        if diagnostics:
+            width = max(len(row["diagnostic"]) for row in diagnostics)
+            lines.append(f"{'relative error':<{width}} " + (f"{'sae':<{sae_width}} " if several else "")
+                         + f"{'attributor':<24} {'n':>5} {'median':>8} {'max':>8}")
+            for row in diagnostics:
+                line = f"{row['diagnostic']:<{width}} " + (f"{row['sae']:<{sae_width}} " if several else "")
+                lines.append(line + f"{row['attributor']:<24} {row['n']:>5} {row['median']:>8.3g} {row['max']:>8.3g}")
+        statuses = [t["status"] for t in self.targets]
+        line = f"{len(statuses)} targets considered, {statuses.count('inactive')} skipped as inactive"
+        below = statuses.count("below_floor")
+        lines.append(line + (f", {below} below the floor (min_relative_activation)" if below else ""))
         return "\n".join(lines)
+
+    def diagnostics(self) -> list[dict[str, Any]]:
+        """Per SAE and attributor, the median and largest of each relative error its heatmaps report.
+
+        Read from the heatmaps' ``info`` (see :data:`DIAGNOSTICS`): an Integrated Gradients heatmap's relative
+        completeness delta, an LRP heatmap's conservation error relative to ``z``. Rows whose value is not
+        finite are left out.
+        """
+        return heatmap_diagnostics(self.heatmap_index)
 
     def to_csv(self, path: str | pathlib.Path | None = None) -> pathlib.Path:
         """Write the tidy table as CSV (default ``<run dir>/results.csv``)."""

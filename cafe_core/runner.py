@@ -12,13 +12,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .activation_floor import activation_floors
 from .executors import Executor, InProcessExecutor
 from .plan import RunPlan, prepare
 from .plugins import get_host
 from .records import UnitResult
 from .results import Results
 from .run_lock import RunLock
-from .spec import RunSpec, load_spec
+from .spec import RunSpec, load_spec, stored_spec_data
 from .store import RunDirectoryError, RunStore, make_run_directory
 from .unit_stream import stream_units
 from .worker import NonFiniteError, UnitWorker
@@ -33,7 +34,7 @@ def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
     """The canonical form of a stored spec (written with today's keys) without its execution-only settings."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # a run stored before a key was renamed
-        spec = RunSpec.model_validate(spec).canonical()
+        spec = RunSpec.model_validate(stored_spec_data(spec)).canonical()
     return {**spec, "run": {k: v for k, v in spec.get("run", {}).items() if k not in _EXECUTION_ONLY}}
 
 
@@ -104,6 +105,7 @@ def run(
         (directory / "spec.json").write_text(_json(canonical))
         (directory / "versions.json").write_text(_json(store.get_meta("versions")))
         batch_size = plan.context.batch_size
+        plan.floors = activation_floors(store, plan, n_images)
         show = sys.stderr.isatty() if progress is None else progress
         with tqdm(total=-(-n_images // batch_size), desc="cafe run", unit="batch", disable=not show) as bar:
 

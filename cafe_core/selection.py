@@ -16,7 +16,7 @@ from .errors import SpecError
 from .geometry import layer_grid
 from .records import TargetKey, TargetRecord
 
-__all__ = ["rule_position", "position_name", "select_targets"]
+__all__ = ["activation_scales", "rule_position", "rule_values", "position_name", "select_targets"]
 
 
 def rule_position(token: int | str, backbone: Any, layer: int = 0) -> int | None:
@@ -72,6 +72,7 @@ def select_targets(
     position: int | None,
     min_activation: float,
     seed: int,
+    floors: torch.Tensor | None = None,
 ) -> list[TargetRecord]:
     """Pick the targets of a batch of images from their SAE codes.
 
@@ -91,16 +92,21 @@ def select_targets(
         patch token).
     seed : int
         Run seed.
+    floors : torch.Tensor, optional
+        ``[d_sae]`` (or ``[len(latents)]``): per latent, the value below which an active target is recorded as
+        ``"below_floor"`` and not explained (the rule's ``min_relative_activation`` times the latent's scale,
+        see :func:`activation_scales`). The floors change no choice of latents, only their status.
 
     Returns
     -------
     list of TargetRecord
-        Explicit latents are all returned (inactive ones flagged); ``select`` rules return active ones only.
+        Explicit latents are all returned (inactive ones flagged); ``select`` rules return active ones only
+        (those below their floor flagged).
     """
     n_prefix = len(backbone.prefix_tokens)
     fixed = position
     if fixed is None:
-        per_latent, argmax = codes[:, n_prefix:, :].max(dim=1)
+        per_latent, argmax = codes[:, n_prefix:, :].max(dim=1)  # the values of rule_values
         positions = argmax + n_prefix
     else:
         per_latent = codes[:, fixed, :]
@@ -124,12 +130,36 @@ def select_targets(
         for column, latent in zip(columns, names):
             value = float(values[column])
             pos = int(positions[b, column])
+            if value <= min_activation:
+                status = "inactive"
+            elif floors is not None and value < float(floors[column]):
+                status = "below_floor"
+            else:
+                status = "explained"
             chosen.append(
                 TargetRecord(
                     key=TargetKey(image_id, sae, layer, int(latent), pos),
                     position_name=position_name(pos, backbone, layer),
                     activation=value,
-                    status="explained" if value > min_activation else "inactive",
+                    status=status,
                 )
             )
     return chosen
+
+
+def rule_values(codes: torch.Tensor, position: int | None, n_prefix: int) -> torch.Tensor:
+    """``[B, d]``: each latent's value where a rule reads it (its top patch token for ``position=None``)."""
+    if position is None:
+        return codes[:, n_prefix:, :].amax(dim=1)
+    return codes[:, position, :]
+
+
+def activation_scales(values: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+    """Each latent's largest value over the rows of ``values [B, d]``, combined with ``scales`` seen before.
+
+    The scale of a latent for a selection rule is its largest value, over every image of the run, at the
+    token the rule reads: the denominator of the rule's ``min_relative_activation``. Call this once per batch
+    of images, passing the previous result, to get the maximum over all of them.
+    """
+    found = values.detach().amax(dim=0).to(torch.float64).cpu()
+    return found if scales is None else torch.maximum(scales, found)

@@ -25,6 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "DEFAULT_RELATIVE_FLOOR",
     "ComponentSpec",
     "RunSection",
     "RunSpec",
@@ -33,9 +34,32 @@ __all__ = [
     "load_spec",
     "read_spec_source",
     "renamed_key",
+    "stored_spec_data",
 ]
 
 _RESERVED = ("name", "label")
+
+DEFAULT_RELATIVE_FLOOR = 0.1
+"""The default ``min_relative_activation`` of a target rule: a tenth of the latent's largest value in the run."""
+
+# Settings added to a section after runs were stored without them, with the value those runs were made with.
+_ADDED_SETTINGS = {"targets": {"min_relative_activation": 0.0}}
+
+
+def stored_spec_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A spec as a run store recorded it, with every setting added since given the value the run used.
+
+    A run stored before a setting existed ran without it (no relative floor, say), not with today's default:
+    reading it with today's defaults would make a resumed run mix two rules.
+    """
+    data = dict(data)
+    for section, added in _ADDED_SETTINGS.items():
+        value = data.get(section)
+        if isinstance(value, dict):
+            data[section] = {**added, **value}
+        elif isinstance(value, list):
+            data[section] = [{**added, **rule} if isinstance(rule, dict) else rule for rule in value]
+    return data
 
 
 class ComponentSpec(BaseModel):
@@ -88,6 +112,15 @@ class TargetRule(BaseModel):
         ``position`` before; that key is still read, with a deprecation warning.)
     min_activation : float
         A target whose latent is at most this on its token is recorded as inactive and not explained.
+    min_relative_activation : float
+        The floor relative to the latent's typical activation, a fraction in ``[0, 1]`` (default 0.1): a
+        target whose latent is active but below this fraction of the latent's *scale* is recorded as
+        ``below_floor`` and not explained. A latent's scale is its largest value, over every image of the run,
+        at the token this rule reads (for ``token = "argmax"``: at any patch token; for a named or numbered
+        token: at that token), computed once when the run starts and kept in the run store, so that a resumed
+        run (with images added, say) judges every image by the same floor. The floor changes which targets
+        are explained, never which latents a rule picks: ``select = "random"`` draws among the active
+        latents as without it. ``0`` turns it off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -97,6 +130,7 @@ class TargetRule(BaseModel):
     count: int | None = Field(default=None, ge=1)
     token: Union[int, str] = "argmax"
     min_activation: float = Field(default=0.0, ge=0.0)
+    min_relative_activation: float = Field(default=DEFAULT_RELATIVE_FLOOR, ge=0.0, le=1.0)
 
     @model_validator(mode="before")
     @classmethod

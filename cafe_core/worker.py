@@ -19,7 +19,7 @@ from .model_guard import ModelGuard, modules_of
 from .plan import RunPlan
 from .protocols import Attribution, MetricResult, TargetFunction
 from .records import HeatmapRecord, ScoreRecord, TargetKey, TargetRecord, UnitResult, WorkUnit
-from .selection import select_targets
+from .selection import activation_scales, rule_values, select_targets
 from .store import StoredWork
 
 __all__ = ["NonFiniteError", "UnitWorker"]
@@ -75,13 +75,9 @@ class UnitWorker:
     def __call__(self, unit: WorkUnit) -> Iterator[UnitResult]:
         """The unit's results: the targets of each SAE, then each chunk of heatmaps and scores, then completion."""
         plan, context = self.plan, self.plan.context
-        with blame(f"dataset {plan.spec.dataset.display_name!r}", f"reading the images of {unit.key}"):
-            items = [plan.dataset[i] for i in unit.indices]
+        items, x = self._inputs(unit)
         image_ids = [item.image_id for item in items]
         annotations = [item.info for item in items]
-        with blame(f"backbone {plan.spec.backbone.display_name!r}", f"preprocessing images {image_ids}"):
-            x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
-        check_finite(x, f"preprocessed images {image_ids}", "check the image files")
         for sae_index, sae in enumerate(plan.saes):
             selected = self._select(sae_index, sae, x, image_ids)
             yield UnitResult(unit.key, targets=selected)
@@ -90,6 +86,17 @@ class UnitWorker:
             for start in range(0, len(todo), context.batch_size):
                 yield self._explain_chunk(unit.key, sae, x, annotations, todo[start : start + context.batch_size])
         yield UnitResult(unit.key, complete=True)
+
+    def _inputs(self, unit: WorkUnit) -> tuple[list[Any], torch.Tensor]:
+        """The unit's dataset items and their model inputs, checked to be finite."""
+        plan, context = self.plan, self.plan.context
+        with blame(f"dataset {plan.spec.dataset.display_name!r}", f"reading the images of {unit.key}"):
+            items = [plan.dataset[i] for i in unit.indices]
+        image_ids = [item.image_id for item in items]
+        with blame(f"backbone {plan.spec.backbone.display_name!r}", f"preprocessing images {image_ids}"):
+            x = plan.backbone.preprocess([item.image for item in items]).to(context.device, context.dtype)
+        check_finite(x, f"preprocessed images {image_ids}", "check the image files")
+        return items, x
 
     # -- selection --------------------------------------------------------------------------------------
 
@@ -102,30 +109,49 @@ class UnitWorker:
             check_finite(h, f"hidden states at layer {sae.layer} of images {image_ids}",
                          "the backbone weights may be corrupt; check the checkpoint")
             chosen: dict[TargetKey, TargetRecord] = {}
-            for rule, fixed in zip(self.plan.spec.targets, self.plan.rule_positions[sae_index]):
+            floors = self.plan.floors[sae_index] if self.plan.floors else [None] * len(self.plan.spec.targets)
+            for rule, fixed, floor in zip(self.plan.spec.targets, self.plan.rule_positions[sae_index], floors):
                 with blame(f"SAE {self.plan.sae_labels[sae_index]!r}", f"encoding images {image_ids}"):
-                    records = self._select_rule(rule, fixed, sae_index, sae, h, image_ids)
+                    records = select_targets(
+                        _rule_codes(rule, sae, h), image_ids=image_ids, sae=self.plan.sae_labels[sae_index],
+                        layer=sae.layer, backbone=self.plan.backbone, latents=rule.latents,
+                        select=rule.select, count=rule.count, position=fixed,
+                        min_activation=rule.min_activation, seed=self.plan.context.seed, floors=floor,
+                    )
                 for record in records:
                     chosen.setdefault(record.key, record)
         return list(chosen.values())
 
-    def _select_rule(
-        self, rule: Any, fixed: int | None, sae_index: int, sae: Any, h: torch.Tensor, image_ids: list[str]
-    ) -> list[TargetRecord]:
-        if rule.latents is None:
-            codes = sae.encode(h)
-        else:  # only the requested rows of the dictionary
-            flat = h.reshape(-1, h.shape[-1])
-            codes = torch.stack(
-                [sae.encode_latents(flat, torch.full((len(flat),), n, device=h.device)) for n in rule.latents],
-                dim=-1,
-            ).reshape(*h.shape[:2], len(rule.latents))
-        return select_targets(
-            codes, image_ids=image_ids, sae=self.plan.sae_labels[sae_index], layer=sae.layer,
-            backbone=self.plan.backbone, latents=rule.latents,
-            select=rule.select, count=rule.count, position=fixed,
-            min_activation=rule.min_activation, seed=self.plan.context.seed,
-        )
+    def activation_scales(self, unit: WorkUnit, scales: list[list[torch.Tensor | None]] | None = None
+                          ) -> list[list[torch.Tensor | None]]:
+        """Per SAE and rule, each latent's largest value where the rule reads it, over the unit's images.
+
+        Combined with ``scales`` (the result for the units before); ``None`` for a rule without a relative
+        floor (``min_relative_activation = 0``). See :func:`cafe_core.selection.activation_scales`.
+        """
+        plan = self.plan
+        items, x = self._inputs(unit)
+        image_ids = [item.image_id for item in items]
+        n_prefix = len(plan.backbone.prefix_tokens)
+        out = []
+        for sae_index, sae in enumerate(plan.saes):
+            per_rule: list[torch.Tensor | None] = []
+            h = None
+            for rule_index, (rule, fixed) in enumerate(zip(plan.spec.targets, plan.rule_positions[sae_index])):
+                before = scales[sae_index][rule_index] if scales else None
+                if rule.min_relative_activation <= 0:
+                    per_rule.append(None)
+                    continue
+                with torch.no_grad():
+                    if h is None:
+                        with blame(f"backbone {plan.spec.backbone.display_name!r}",
+                                   f"computing layer {sae.layer} of images {image_ids}"):
+                            h = plan.backbone.forward_to(x, sae.layer)
+                    with blame(f"SAE {plan.sae_labels[sae_index]!r}", f"encoding images {image_ids}"):
+                        values = rule_values(_rule_codes(rule, sae, h), fixed, n_prefix)
+                per_rule.append(activation_scales(values, before))
+            out.append(per_rule)
+        return out
 
     # -- explanation ------------------------------------------------------------------------------------
 
@@ -223,6 +249,17 @@ class UnitWorker:
             for i, key in enumerate(keys)
         ]
         return heatmap, records
+
+
+def _rule_codes(rule: Any, sae: Any, h: torch.Tensor) -> torch.Tensor:
+    """``[B, T, d]``: the latents a rule chooses among, at every token (only the rule's own, if it lists them)."""
+    if rule.latents is None:
+        return sae.encode(h)
+    flat = h.reshape(-1, h.shape[-1])  # only the requested rows of the dictionary
+    return torch.stack(
+        [sae.encode_latents(flat, torch.full((len(flat),), n, device=h.device)) for n in rule.latents],
+        dim=-1,
+    ).reshape(*h.shape[:2], len(rule.latents))
 
 
 def _score_records(

@@ -109,6 +109,37 @@ def test_summary_numbers_match_the_runs_own_table(full_run):
     assert any(m == "insertion" and g.endswith("layer 1 · cls") for m, g, _ in rows)  # class-token targets apart
 
 
+def test_the_attributors_own_relative_errors_are_reported(spec_dict, tmp_path):
+    spec_dict["attributors"] = [{"name": "attnlrp"}, {"name": "integrated_gradients", "n_steps": 4},
+                                {"name": "gradient_x_input"}]
+    spec_dict["metrics"] = [{"name": "insertion", "steps": 4}]
+    spec_dict["targets"] = {"select": "top", "count": 1, "token": "argmax"}
+    out = tmp_path / "run"
+    cafe_core.run(spec_dict, out, progress=False)
+    report = _report(out, "--sanity-targets", "0")
+    found = {(d["diagnostic"], d["attributor"]): d for d in json.loads((report / "summary.json").read_text())["diagnostics"]}
+    assert set(found) == {("conservation |error|/|z|", "attnlrp"),
+                          ("completeness |delta|/|f(x)-f(x0)|", "integrated_gradients")}
+
+    # The same numbers from the store's rows, by numpy.
+    with RunStore.open_existing(out) as store:
+        info = {h.attributor: [] for h in store.heatmap_records(arrays=False)}
+        for h in store.heatmap_records(arrays=False):
+            info[h.attributor].append(h.info)
+    conservation = np.array([abs(i["conservation_error"]) / abs(i["z"]) for i in info["attnlrp"]])
+    completeness = np.array([abs(i["relative_delta"]) for i in info["integrated_gradients"]])
+    for key, values in (
+        (("conservation |error|/|z|", "attnlrp"), conservation),
+        (("completeness |delta|/|f(x)-f(x0)|", "integrated_gradients"), completeness),
+    ):
+        assert found[key]["n"] == len(values) == 5
+        assert found[key]["median"] == pytest.approx(np.median(values))
+        assert found[key]["max"] == pytest.approx(values.max())
+    page = (report / "index.html").read_text()
+    assert "What the attributors report about their own heatmaps" in page
+    assert f"{np.median(conservation):.4g}" in page
+
+
 def test_every_figure_has_content_and_a_bounded_size(full_run):
     _, index = full_run
     figures = sorted((index.parent / "figures").glob("*.png"))

@@ -200,6 +200,15 @@ def test_a_different_spec_cannot_reuse_a_run_directory(spec_dict, tmp_path):
     cafe_core.run(changed, tmp_path / "run")
 
 
+def test_a_float64_run_stores_float64_curves(spec_dict, tmp_path):
+    spec_dict["run"]["dtype"] = "float64"
+    results = cafe_core.run(spec_dict, tmp_path / "run")
+    row = next(r for r in results.rows if r["metric"] == "insertion")
+    curve = results.curve(row["image_id"], row["layer"], row["latent"], row["position"], row["attributor"], "insertion")
+    assert curve["curve"].dtype == curve["raw_curve"].dtype == curve["fractions"].dtype == np.float64
+    assert curve["raw_curve"][-1] == 1.0  # the full image over itself
+
+
 def test_explicit_latents_at_the_class_token_record_inactive_targets(spec_dict, tmp_path):
     spec_dict["targets"] = {"latents": [0, 5, 17], "token": "cls"}
     results = cafe_core.run(spec_dict, tmp_path / "run")

@@ -192,6 +192,43 @@ def test_attnlrp_misses_conservation_by_exactly_the_softmax_term(variant):
     assert (error.abs() / target(x).detach().abs()).max() > 1e-2  # a real deviation, not rounding
 
 
+@pytest.mark.parametrize("variant", ["class token", "registers, no class token", "position embedding without prefix"])
+@pytest.mark.parametrize("rule", ["attnlrp", "cp_lrp"])
+def test_the_relevance_budget_accounts_for_all_of_z(variant, rule):
+    # The budget measures each part apart (the residual stream's relevance at every block, one probe per
+    # sub-module, the softmax's term from the attention weights, the embedding's parameters times their
+    # gradient): the parts sum to z, each block loses nothing else, and they agree with the attributor's own
+    # totals, which it records on one probe.
+    from cafe_attnlrp.budget import relevance_budget
+
+    backbone = _vit(seed=8, **VARIANTS[variant]).to(dtype=torch.float64)
+    sae, x = _sae(seed=8, dtype=torch.float64), _images(4, seed=9, dtype=torch.float64)
+    prefix = len(backbone.prefix_tokens)
+    target = _active_target(backbone, sae, x, [prefix, prefix + 3, prefix + 7, prefix + 11])
+    budget = relevance_budget(target, x, rule)
+    out = (AttnLRP() if rule == "attnlrp" else CPLRP()).attribute(target, x, RunContext(batch_size=4))
+    z = target(x).detach()
+    scale = z.abs()
+
+    torch.testing.assert_close(budget["z"], z)
+    torch.testing.assert_close(budget["total"], z, rtol=1e-10, atol=1e-12)
+    for name in (n for n in budget if n.endswith("residual")):
+        assert (budget[name].abs() < 1e-10 * scale).all(), name
+    torch.testing.assert_close(budget["input"], out.heatmap.sum((1, 2)), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(budget["sae_biases"], out.info["absorbed_sae"], rtol=1e-10, atol=1e-12)
+    softmax = sum(budget[f"block{b}.softmax"] for b in range(LAYER + 1))
+    torch.testing.assert_close(softmax, out.info["conservation_error"], rtol=1e-9, atol=1e-12)
+    absorbed = budget["total"] - budget["input"] - softmax
+    torch.testing.assert_close(absorbed, out.info["absorbed"], rtol=1e-9, atol=1e-12)
+    if rule == "attnlrp":
+        assert (softmax.abs() > 1e-3 * scale).all()  # a real loss, which the budget places in the softmaxes
+    else:
+        assert softmax.abs().max() == 0
+    # Every kind of constant takes a share here (random weights), so none of the checks above is vacuous.
+    for name in ("patch_embed_bias", "pos_embed", "block0.norm_biases", "block0.attention_biases", "block0.mlp_biases"):
+        assert (budget[name].abs() > 1e-6 * scale).all(), name
+
+
 def test_attnlrp_deviation_is_small_with_timm_initialisation():
     kwargs = {"patch_size": 8, "depth": 3, "embed_dim": WIDTH, "num_heads": 2}
     with torch.random.fork_rng():

@@ -122,7 +122,7 @@ def test_integrated_gradients_across_the_relu_kink(linear):
 
     relative = {}
     for n_steps in (2, 4, 8, 128):
-        post = IntegratedGradients(n_steps=n_steps, quantity="post").attribute(target, x, RunContext())
+        post = IntegratedGradients(n_steps=n_steps, quantity="post", start="blank").attribute(target, x, RunContext())
         pre = IntegratedGradients(n_steps=n_steps, quantity="pre").attribute(target, x, RunContext())
         beyond = _legendre_weight_beyond(0.3, n_steps)
         np.testing.assert_allclose(post.heatmap.reshape(-1).numpy(), expected * beyond, rtol=1e-4)
@@ -135,6 +135,39 @@ def test_integrated_gradients_across_the_relu_kink(linear):
         relative[n_steps] = post.info["relative_delta"].item()
     assert relative[2] > relative[4] > relative[8] > relative[128]
     assert relative[2] > 0.25 and relative[128] < 0.01
+
+
+@pytest.mark.parametrize("n_steps", [1, 2, 8, 32])
+def test_integrated_gradients_from_the_onset_is_the_many_step_limit_in_few_steps(linear, n_steps):
+    # z = relu(c (a - 0.3)) along the path from zeros: z is zero up to a = 0.3 and linear after it, so the
+    # limit of many steps credits w * s times 0.7 (the part of the path where z grows), which a path from
+    # the onset gets with any number of steps.
+    backbone, _, w = linear
+    x = _images(1, seed=3)
+    c = float((w[0] * _sums(x)[0]).sum())
+    sae = LinearReluSAE(torch.tensor(w, dtype=torch.float32), torch.tensor([-0.3 * c, 0, 0]))
+    target = TargetFunction(backbone, sae, 0, [0], [CLS])
+    out = IntegratedGradients(n_steps=n_steps).attribute(target, x, RunContext())
+
+    # z grows linearly past the kink, so the secant step after the bisections lands on it (up to float32
+    # rounding of the kink's place).
+    assert out.info["onset"].item() == pytest.approx(0.3, abs=1e-6)
+    expected = w[0] * _sums(x)[0] * 0.7
+    np.testing.assert_allclose(out.heatmap.reshape(-1).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(out.info["value"].item(), 0.7 * c, rtol=1e-5)
+    assert out.info["blank_value"].item() == 0
+    assert out.info["relative_delta"].item() < 1e-5
+
+
+def test_the_onset_leaves_a_path_that_starts_on_as_it_is(linear):
+    backbone, sae, w = linear
+    x = _images(2, seed=2)
+    target = TargetFunction(backbone, sae, 0, [0, 1], [CLS, CLS])
+    for blank in ("mean", "blur"):  # positive blanks: the latent is on along the whole path
+        onset = IntegratedGradients(n_steps=4, blank=blank).attribute(target, x, RunContext())
+        plain = IntegratedGradients(n_steps=4, blank=blank, start="blank").attribute(target, x, RunContext())
+        assert (onset.info["onset"] == 0).all()
+        torch.testing.assert_close(onset.heatmap, plain.heatmap, rtol=0, atol=0)
 
 
 def test_riemann_trapezoid_weights_sum_below_one(linear):
@@ -309,9 +342,14 @@ def test_integrated_gradients_packs_steps_up_to_the_batch_size(vit):
     backbone, sae, target, x = vit
     counting = CountingBackbone(backbone)
     counted = TargetFunction(counting, sae, 1, target.latents[:2], target.positions[:2])
-    IntegratedGradients(n_steps=7).attribute(counted, x[:2], RunContext(batch_size=6))
-    # 3 steps of 2 rows per pass: 6, 6, 2 for the 7 steps; then the delta's and the values' forwards.
-    assert counting.calls == [6, 6, 2, 2, 2, 2, 2]
+    IntegratedGradients(n_steps=7, start="blank").attribute(counted, x[:2], RunContext(batch_size=6))
+    # The values at the image and the blank, then 3 steps of 2 rows per pass: 6, 6, 2 for the 7 steps.
+    assert counting.calls == [2, 2, 6, 6, 2]
+    counting.calls.clear()
+    out = IntegratedGradients(n_steps=7).attribute(counted, x[:2], RunContext(batch_size=6))
+    # From the onset, where a row is off at the blank: 7 grid points, 16 bisections and a secant step first.
+    assert (out.info["onset"] > 0).any()
+    assert counting.calls == [2, 2] + [2] * 24 + [6, 6, 2]
 
 
 def test_saliency_and_input_x_gradient_match_autograd(vit):
@@ -352,13 +390,16 @@ def test_pre_converges_faster_than_post_across_the_kink_on_a_vit(vit):
     target = TargetFunction(backbone, sae, 1, latents, [0] * len(x))
     context = RunContext(batch_size=64)
 
-    def relative(n_steps: int, quantity: str) -> torch.Tensor:
-        method = IntegratedGradients(n_steps=n_steps, quantity=quantity)
+    def relative(n_steps: int, quantity: str, start: str = "blank") -> torch.Tensor:
+        method = IntegratedGradients(n_steps=n_steps, quantity=quantity, start=start)
         return method.attribute(target, x, context).info["relative_delta"]
 
     assert (relative(16, "post") > 10 * relative(16, "pre")).all()
     assert relative(4, "post").mean() > 5 * relative(128, "post").mean()
     assert relative(4, "pre").mean() > 100 * relative(32, "pre").mean()
+    # From the onset, z converges as its pre-activation does: far below the path from the blank.
+    assert (relative(16, "post", "onset") < relative(16, "post") / 10).all()
+    assert relative(4, "post", "onset").mean() > 100 * relative(32, "post", "onset").mean()
 
 
 @pytest.mark.gpu

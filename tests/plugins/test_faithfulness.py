@@ -82,6 +82,30 @@ def test_curve_of_the_exact_ranking_is_the_sorted_cumulative_contribution(metric
     assert result.score.shape == (1,) and result.curve.shape == (1, N + 1)
 
 
+@pytest.mark.parametrize("metric", [Insertion(), Deletion()], ids=["insertion", "deletion"])
+def test_a_float64_model_gives_float64_curves_equal_to_the_hand_computed_ones(metric):
+    # Weights exactly representable in float32, so that the float64 model computes the float64 curve.
+    w = W.astype(np.float32).astype(np.float64)
+    x = _images(1).double()
+    sae = LinearReluSAE(torch.tensor(w[None], dtype=torch.float32))
+    backbone = patch_sum_backbone()
+    backbone.model.double()
+    target = TargetFunction(backbone, sae, 0, [0], [CLS])
+    c = w[None] * numpy_patch_sums(x.numpy(), (2, 2))
+    result = metric.evaluate(target, x, _heatmap(c), RunContext(dtype=torch.float64))
+
+    curve = _expected_curve(c[0], np.argsort(-c[0]), metric.inserting) / c[0].sum()
+    for values in (result.curve, result.raw_curve, result.score, result.fractions, result.info["raw_auc"]):
+        assert values.dtype == torch.float64
+    np.testing.assert_allclose(result.raw_curve[0].numpy(), curve, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(result.score.numpy(), [_trapezoid(curve, np.arange(N + 1) / N)], rtol=1e-12)
+    # The same model in float32 is only float32-close: the float64 run is not rounded through it.
+    backbone.model.float()
+    single = metric.evaluate(target, x.float(), _heatmap(c), RunContext())
+    assert single.curve.dtype == torch.float32
+    assert np.abs(single.raw_curve[0].double().numpy() - curve).max() > 1e-10
+
+
 def test_reversed_ranking_scores_worse():
     target, x, c = _linear_setup(W)
     good, bad = _heatmap(c), _heatmap(-c)

@@ -13,6 +13,7 @@ __all__ = [
     "GradientShapParams",
     "IntegratedGradientsParams",
     "IntegrationMethod",
+    "PathStart",
     "Quantity",
     "RIEMANN_METHODS",
     "SaliencyParams",
@@ -20,6 +21,7 @@ __all__ = [
 
 IntegrationMethod = Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
 Quantity = Literal["post", "pre"]
+PathStart = Literal["onset", "blank"]
 
 RIEMANN_METHODS = tuple(m for m in get_args(IntegrationMethod) if m.startswith("riemann_"))
 """Captum's Riemann rules, which need at least two steps."""
@@ -43,6 +45,10 @@ class IntegratedGradientsParams(BaseModel):
         image side.
     quantity : {"post", "pre"}
         Integrate the latent ``z`` itself (``"post"``) or its pre-activation (``"pre"``).
+    start : {"onset", "blank"}
+        Where the path of ``quantity="post"`` starts: where the latent turns on along the line from the blank
+        (``"onset"``, the default: the integrand is then smooth and the heatmap converges in few steps) or at
+        the blank (``"blank"``, Captum's path, slow across the ReLU's kink).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -52,6 +58,7 @@ class IntegratedGradientsParams(BaseModel):
     blank: Blank = "zeros"
     blur_sigma: BlurSigma | None = None
     quantity: Quantity = "post"
+    start: PathStart = "onset"
 
     @model_validator(mode="before")
     @classmethod

@@ -151,7 +151,8 @@ class PatchCurve:
             ``score [B]`` the area under ``curve [B, S]`` over ``fractions [S]`` (patches changed / all
             patches); ``raw_curve`` the normalised curve before clipping; ``info["full_z"]`` the latent on
             the full image (a row where it is zero or not finite scores NaN) and ``info["raw_auc"]`` the
-            area under ``raw_curve``.
+            area under ``raw_curve``. Curves, scores and fractions have the dtype of the latent's values (the
+            run's dtype; float32 at least).
 
         Raises
         ------
@@ -189,7 +190,9 @@ class PatchCurve:
         values = latents_on_shared_images(
             target.repeat_interleave(n_points), of_point, len(rows), composites, context
         )
-        curve = values.float().reshape(b, n_points)
+        curve = values.reshape(b, n_points)
+        # The run's dtype (a float64 run keeps float64 curves); a lower precision is widened to float32.
+        curve = curve.to(torch.promote_types(curve.dtype, torch.float32))
 
         full_z = curve[:, -1] if self.inserting else curve[:, 0]
         valid = torch.isfinite(full_z) & (full_z != 0)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from cafe_core.records import ScoreRecord, TargetKey, TargetRecord
-from cafe_core.spec import RunSpec
+from cafe_core.spec import RunSpec, stored_spec_data
 from cafe_core.store import RunStore
 
 from .rebuild import stored_spec
@@ -40,6 +40,9 @@ class RunData:
         Versions of cafe and the plugins the run used.
     image_index : dict
         The dataset index of each image, where the store records it.
+    heatmap_info : list of dict
+        Per stored heatmap: ``sae``, ``attributor`` and its ``info.<name>`` values (the attributor's
+        diagnostics, such as AttnLRP's ``conservation_error``), as :attr:`cafe_core.results.Results.heatmap_index`.
     """
 
     directory: pathlib.Path
@@ -51,6 +54,7 @@ class RunData:
     seed: int
     versions: dict[str, Any] = field(default_factory=dict)
     image_index: dict[str, int] = field(default_factory=dict)
+    heatmap_info: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def explained(self) -> list[TargetRecord]:
@@ -88,7 +92,7 @@ def read_run(directory: str | pathlib.Path) -> RunData:
     raw = stored_spec(directory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        spec = RunSpec.model_validate(raw)
+        spec = RunSpec.model_validate(stored_spec_data(raw))
     with RunStore.open_existing(directory) as store:
         listed = store.listed_images()
         targets = [t for t in store.targets() if listed is None or t.key.image_id in listed]
@@ -98,8 +102,11 @@ def read_run(directory: str | pathlib.Path) -> RunData:
         seed = store.get_meta("seed")
         versions = store.get_meta("versions") or {}
         entries = store.image_entries()
+        explained = {t.key for t in targets if t.explained}
+        heatmap_info = [{"sae": h.key.sae, "attributor": h.attributor, **{f"info.{k}": v for k, v in h.info.items()}}
+                        for h in store.heatmap_records(arrays=False) if h.key in explained]
     return RunData(directory, spec, raw, targets, scores, higher, int(seed if seed is not None else spec.run.seed),
-                   versions, {image_id: entry.index for image_id, entry in entries.items()})
+                   versions, {image_id: entry.index for image_id, entry in entries.items()}, heatmap_info)
 
 
 def stored_heatmaps(directory: pathlib.Path) -> dict[tuple[TargetKey, str], np.ndarray]:

@@ -13,7 +13,18 @@ from .run_data import RunData
 from .stats import Estimate, wilson_interval
 from .summary import Summary, group_of
 
-__all__ = ["locality_section", "read_offs", "sanity_section", "summary_section"]
+__all__ = ["diagnostics_section", "locality_section", "read_offs", "sanity_section", "summary_section"]
+
+_DIAGNOSTIC_NOTES = {
+    "completeness |delta|/|f(x)-f(x0)|": (
+        "how far the heatmap's sum is from the change of the integrated quantity between the blank and the "
+        "image (Integrated Gradients' completeness): large values mean too few steps"
+    ),
+    "conservation |error|/|z|": (
+        "the relevance that neither the heatmap nor the biases and embeddings hold, relative to z: under "
+        "AttnLRP, what the softmaxes do not pass on (see cafe-plugin-attnlrp's README); zero for CP-LRP"
+    ),
+}
 
 NONLOCAL_THRESHOLD = 0.5
 """A heatmap whose fired patch holds less than this share of the positive relevance is non-local."""
@@ -187,3 +198,28 @@ def _estimate(record: dict | None) -> str:
 
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def diagnostics_section(rows: list[dict[str, Any]]) -> str:
+    """The per-heatmap relative errors attributors report (``cafe_core.results.heatmap_diagnostics`` rows).
+
+    Empty when no attributor of the run reports one.
+    """
+    if not rows:
+        return ""
+    several = len({row["sae"] for row in rows}) > 1
+    header = ["relative error", *(["sae"] if several else []), "attributor", "heatmaps", "median", "max"]
+    table_rows = [
+        [row["diagnostic"], *([row["sae"]] if several else []), row["attributor"], row["n"],
+         f"{row['median']:.4g}", f"{row['max']:.4g}"]
+        for row in rows
+    ]
+    notes = "".join(
+        f"<li><b>{markup.escape(name)}</b>: {markup.escape(note)}.</li>"
+        for name, note in _DIAGNOSTIC_NOTES.items() if any(row["diagnostic"] == name for row in rows)
+    )
+    return (
+        '<h3 id="diagnostics">What the attributors report about their own heatmaps</h3>'
+        + markup.table(header, table_rows, text_columns=3 if several else 2)
+        + f"<ul>{notes}</ul>"
+    )

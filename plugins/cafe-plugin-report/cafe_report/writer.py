@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cafe_core.records import TargetKey, TargetRecord
+from cafe_core.results import heatmap_diagnostics
 
 from . import markup
 from .cache import FigureCache, code_version, digest
@@ -20,7 +21,7 @@ from .jsonable import finite
 from .locality import fired_cells, measure_locality
 from .rebuild import display_images, find_items, prepare_spec
 from .run_data import RunData, read_run, stored_heatmaps
-from .sections import locality_section, sanity_section, summary_section
+from .sections import diagnostics_section, locality_section, sanity_section, summary_section
 from .summary import Summary, as_records, group_of, summarise
 from .target_section import TargetSections, anchor_of, legend
 
@@ -140,6 +141,8 @@ class _ReportBuilder:
             {"summary": as_records(self.summary), "reference": self.summary.reference, "seed": self.seed,
              "resamples": self.summary.resamples, "level": self.summary.level,
              "targets": len(data.targets), "explained": len(data.explained), "shown": len(shown),
+             "below_floor": sum(t.status == "below_floor" for t in data.targets),
+             "diagnostics": heatmap_diagnostics(data.heatmap_info),
              "sanity": sanity}), indent=1, allow_nan=False) + "\n")
 
     # -- locality of every stored heatmap ------------------------------------------------------------------
@@ -250,6 +253,7 @@ class _ReportBuilder:
             self._overview(len(shown)),
             legend() + (self.first_look or ""),
             summary_section(self.summary, summary_png.name if summary_png else None),
+            diagnostics_section(heatmap_diagnostics(data.heatmap_info)),
             locality_section(data, locality, self.cause_share, self.cause_top_k),
             sanity_section(sanity, self.options.sanity_targets),
             self._targets_section(pages, shown),
@@ -260,7 +264,8 @@ class _ReportBuilder:
     def _overview(self, n_shown: int) -> str:
         data, spec = self.data, self.data.spec
         saes = ", ".join(f"{s.name} {s.params}" if s.params else s.name for s in spec.sae)
-        skipped = len(data.targets) - len(data.explained)
+        inactive = sum(t.status == "inactive" for t in data.targets)
+        below = sum(t.status == "below_floor" for t in data.targets)
         cap = "" if n_shown == len(data.explained) else (
             f" Figures are drawn for the first {n_shown} explained targets in store order (image id, layer, "
             f"latent, token): the cap is --max-targets {self.options.max_targets}; the summary covers all of them.")
@@ -276,8 +281,9 @@ class _ReportBuilder:
         ]
         return (
             markup.table(["", "run"], rows, text_columns=2)
-            + f"<p>{len(data.targets)} targets considered, {len(data.explained)} explained, {skipped} inactive."
-            f"{markup.escape(cap)}</p>"
+            + f"<p>{len(data.targets)} targets considered, {len(data.explained)} explained, {inactive} inactive"
+            + (f", {below} below the floor (min_relative_activation)." if below else ".")
+            + f"{markup.escape(cap)}</p>"
         )
 
     def _targets_section(self, pages: list[str], shown: list[TargetRecord]) -> str:
