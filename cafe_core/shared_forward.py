@@ -3,7 +3,8 @@
 A batch of targets often repeats images: several latents of one image, the heatmaps of several attributors
 for one target, the curve points of different rankings that change the same patches. The latent of a row
 depends only on the image it is read on, so such rows can share one forward pass up to the SAE's layer, each
-reading its own latent at its own token (:meth:`cafe_core.target.TargetFunction.from_tokens`).
+reading its own latent at its own token (:meth:`cafe_core.target.TargetFunction.from_tokens`). Callers find
+the repeated images with :func:`cafe_core.gradients.identical_rows`.
 """
 
 from __future__ import annotations
@@ -15,23 +16,7 @@ import torch
 from .context import RunContext
 from .target import TargetFunction
 
-__all__ = ["distinct_images", "latents_on_shared_images"]
-
-
-def distinct_images(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct images among the rows of ``x [B, ...]``.
-
-    Returns
-    -------
-    rows : torch.Tensor
-        ``[G]`` a row showing each distinct image.
-    image_of_row : torch.Tensor
-        ``[B]`` which distinct image each row shows.
-    """
-    _, image_of_row = torch.unique(x.flatten(1), dim=0, return_inverse=True)
-    rows = torch.empty(int(image_of_row.max()) + 1, dtype=torch.long, device=x.device)
-    rows[image_of_row] = torch.arange(len(x), device=x.device)  # any row showing the image will do
-    return rows, image_of_row
+__all__ = ["latents_on_shared_images"]
 
 
 def latents_on_shared_images(

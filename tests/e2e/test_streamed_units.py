@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
         "backbone": {{"name": "toy_vit"}},
         "sae": {{"name": "toy_sae", "layer": 3, "tokens": "patch"}},
         "dataset": {{"name": "shapes", "size": size, "seed": 4}},
-        "targets": {{"select": "top", "count": 1, "token": "argmax"}},
+        "targets": {{"select": "top", "count": 1, "token": "argmax", "min_relative_activation": 0}},
         "attributors": [{{"name": "gradient_x_input"}}],
         "metrics": [{{"name": "own_patch_share"}}],
         "run": {{"batch_size": {batch}, "device": "cpu", "limit": None if limit == "none" else int(limit)}},

@@ -369,6 +369,34 @@ def test_saliency_and_input_x_gradient_match_autograd(vit):
     )
 
 
+@pytest.mark.parametrize("batching", ["rows", "shared", "jacobian"])
+def test_saliency_and_input_x_gradient_of_many_latents_of_one_image_match_captum(vit, batching):
+    """Four latents of one image share the gradient path; Captum, called directly per row, is the reference."""
+    from captum.attr import InputXGradient as CaptumInputXGradient
+    from captum.attr import Saliency as CaptumSaliency
+
+    backbone, sae, _, x = vit
+    latents, positions = [3, 7, 11, 3], [1 + 2, 1 + 5, 0, 1 + 9]
+    target = TargetFunction(backbone, sae, 1, latents, positions)
+    images = x[:1].expand(4, -1, -1, -1)
+    context = RunContext(batch_size=4)
+    ours = {
+        "saliency": Saliency(batching=batching).attribute(target, images, context).heatmap,
+        "input_x_gradient": InputXGradient(batching=batching).attribute(target, images, context).heatmap,
+    }
+    for i in range(4):
+        row = TargetFunction(backbone, sae, 1, [latents[i]], [positions[i]])
+        leaf = x[:1].clone().requires_grad_(True)
+        saliency = CaptumSaliency(row).attribute(leaf, abs=True).detach()
+        contribution = CaptumInputXGradient(row).attribute(x[:1].clone().requires_grad_(True)).detach()
+        torch.testing.assert_close(
+            ours["saliency"][i : i + 1], pixels_to_patches(saliency.sum(1), (8, 8)), rtol=1e-4, atol=1e-7
+        )
+        torch.testing.assert_close(
+            ours["input_x_gradient"][i : i + 1], pixels_to_patches(contribution.sum(1), (8, 8)), rtol=1e-4, atol=1e-7
+        )
+
+
 def test_integrated_gradients_info_is_consistent_on_a_vit(vit):
     _, sae, target, x = vit
     out = IntegratedGradients(n_steps=8, blank="blur").attribute(target, x, RunContext(batch_size=4))

@@ -10,7 +10,8 @@ from cafe_core.blanks import make_blank, patch_tiling_problem
 from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import patches_to_pixels
 from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction
-from cafe_core.shared_forward import distinct_images, latents_on_shared_images
+from cafe_core.gradients import identical_rows
+from cafe_core.shared_forward import latents_on_shared_images
 
 __all__ = ["Occlusion"]
 
@@ -82,7 +83,7 @@ class Occlusion:
         b, n_patches = len(x), gh * gw
         blank = make_blank(x, self.blank, self.blur_sigma)
         # Per distinct image: its n_patches occluded copies, then the image itself; every row reads them all.
-        rows, image_of_row = distinct_images(x)
+        rows, image_of_row = (index.to(x.device) for index in identical_rows(x))
         per_image = n_patches + 1
         hide = torch.cat([torch.eye(n_patches, dtype=torch.bool, device=x.device),
                           torch.zeros(1, n_patches, dtype=torch.bool, device=x.device)]).reshape(per_image, gh, gw)

@@ -6,7 +6,9 @@ import torch
 
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
 
-from .functions import latent_function, to_attribution
+from cafe_core.gradients import input_gradients
+
+from .functions import to_attribution
 
 __all__ = ["InputXGradient"]
 
@@ -14,18 +16,28 @@ __all__ = ["InputXGradient"]
 class InputXGradient:
     """Heatmap of ``x * dz/dx`` summed over channels and within each patch.
 
-    Computed with :class:`captum.attr.InputXGradient`; the same quantity as the baselines plugin's
-    ``gradient_x_input`` (without its ``absolute`` option), kept so that a table of Captum methods is
-    computed by one library. It equals integrated gradients from a zero blank wherever ``z`` is linear
-    in ``x`` along the path.
+    What :class:`captum.attr.InputXGradient` computes (the tests compare the two), through cafe's
+    shared-gradient path (:func:`cafe_core.gradients.input_gradients`): the same quantity as the baselines
+    plugin's ``gradient_x_input`` (without its ``absolute`` option), kept so that a table of Captum's methods
+    has every one of them. It equals integrated gradients from a zero blank wherever ``z`` is linear in ``x``
+    along the path.
+
+    Parameters
+    ----------
+    batching : {"auto", "rows", "shared", "jacobian"}
+        How rows that explain several latents of one image share work; every choice gives the same maps.
 
     Notes
     -----
-    One forward and backward pass per chunk of at most ``context.batch_size`` rows.
+    Rows of distinct images take one forward and backward pass per chunk of at most ``context.batch_size``
+    rows; the latents of one image share one forward pass and a batched backward pass.
     """
 
     needs_grad = True
     conserves_relevance = False
+
+    def __init__(self, batching: str = "auto") -> None:
+        self.batching = batching
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """Input x gradient maps of the rows of ``x [B, 3, H, W]``.
@@ -44,10 +56,5 @@ class InputXGradient:
         Attribution
             ``heatmap [B, gh, gw]`` and ``pixels [B, H, W]`` (summed over channels).
         """
-        from captum.attr import InputXGradient as CaptumInputXGradient
-
-        contributions = []
-        for rows in context.chunks(len(x)):
-            method = CaptumInputXGradient(latent_function(target.select(rows)))
-            contributions.append(method.attribute(x[rows].detach().clone().requires_grad_(True)).detach())
-        return to_attribution(torch.cat(contributions), target.backbone.patch_size)
+        gradients = input_gradients(target, x, context, batching=self.batching).inputs
+        return to_attribution(x.detach() * gradients, target.backbone.patch_size)

@@ -6,6 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cafe_core.batching import Batching
 from cafe_core.blank_names import Blank, BlurSigma
 from cafe_core.spec import renamed_key
 
@@ -79,11 +80,28 @@ class SaliencyParams(BaseModel):
     ----------
     abs : bool
         Take ``|dz/dx|`` element-wise before summing over channels and patches.
+    batching : {"auto", "rows", "shared", "jacobian"}
+        How the latents of one image share work (:func:`cafe_core.gradients.input_gradients`).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     abs: bool = True
+    batching: Batching = "auto"
+
+
+class InputXGradientParams(BaseModel):
+    """Parameters of :class:`cafe_captum.input_x_gradient.InputXGradient`.
+
+    Attributes
+    ----------
+    batching : {"auto", "rows", "shared", "jacobian"}
+        How the latents of one image share work (:func:`cafe_core.gradients.input_gradients`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    batching: Batching = "auto"
 
 
 class GradientShapParams(BaseModel):

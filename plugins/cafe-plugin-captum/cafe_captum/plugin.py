@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cafe_core import hookimpl
 
-from .params import GradientShapParams, IntegratedGradientsParams, SaliencyParams
+from .params import GradientShapParams, InputXGradientParams, IntegratedGradientsParams, SaliencyParams
 
 
 @hookimpl
@@ -25,8 +25,8 @@ def cafe_register_attributors(register):
     register(
         "input_x_gradient",
         "cafe_captum.input_x_gradient:InputXGradient",
-        params=None,
-        description="Input times the latent's gradient (Captum), summed within each patch",
+        params=InputXGradientParams,
+        description="Input times the latent's gradient (as Captum's), summed within each patch",
     )
     register(
         "gradient_shap",

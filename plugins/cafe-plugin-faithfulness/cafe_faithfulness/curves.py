@@ -11,7 +11,8 @@ from cafe_core.blanks import make_blank, patch_tiling_problem
 from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import patches_to_pixels, rank_patches
 from cafe_core.protocols import Backbone, MetricResult, RunContext, TargetFunction
-from cafe_core.shared_forward import distinct_images, latents_on_shared_images
+from cafe_core.gradients import identical_rows
+from cafe_core.shared_forward import latents_on_shared_images
 
 __all__ = ["Deletion", "Insertion", "PatchCurve", "curve_counts", "distinct_composites", "ranked_masks"]
 
@@ -72,7 +73,7 @@ def distinct_composites(x: torch.Tensor, masks: torch.Tensor, n_points: int) -> 
     of_point : torch.Tensor
         ``[B * n_points]`` the composite each point shows.
     """
-    rows_of_image, image_of_row = distinct_images(x)
+    rows_of_image, image_of_row = (index.to(x.device) for index in identical_rows(x))
     image = image_of_row.repeat_interleave(n_points)
     keys = torch.cat([image[:, None], masks.flatten(1).to(image.dtype)], dim=1)
     distinct, of_point = torch.unique(keys, dim=0, return_inverse=True)
