@@ -54,6 +54,25 @@ def test_32_latents_of_one_image(benchmark, host, setups, model, method, mode):
         benchmark(attributor.attribute, target, x, ctx)
 
 
+@pytest.mark.parametrize("mode", ["looped", "one call"])
+@pytest.mark.parametrize(
+    "model, method",
+    [("toy", "occlusion"), ("toy", "saliency"), ("toy", "input_x_gradient"),
+     ("vit_small", "saliency"), ("vit_small", "input_x_gradient")],
+)
+def test_32_latents_of_one_image_other_methods(benchmark, host, setups, model, method, mode):
+    """K = 32 latents of one image for the methods whose one call shares its forwards: 32 calls or one."""
+    target, x = _top_latents(setups[model], 1, 32)
+    ctx = context(32)
+    attributor = host.registry("attributor").get(method).build({})
+    benchmark.group = f"32 latents of one image: {model} {method}"
+    benchmark.extra_info.update(model=model, mode=mode, items=32, per="heatmap")
+    if mode == "looped":
+        benchmark(lambda: [attributor.attribute(target.select([i]), x[i : i + 1], ctx) for i in range(32)])
+    else:
+        benchmark(attributor.attribute, target, x, ctx)
+
+
 @pytest.mark.parametrize("mode", ["rows", "shared"])
 @pytest.mark.parametrize("per_image", [2, 8, 16])
 @pytest.mark.parametrize("model", ["toy", "vit_small"])
