@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import pathlib
 import sys
 import tempfile
@@ -10,24 +12,26 @@ import warnings
 import zlib
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
-from .executors import Executor, InProcessExecutor
+from .executors import ExecutionReport, Executor, InProcessExecutor
 from .image_listing import current_listing, file_hash, reconcile
-from .plan import RunPlan, prepare
+from .plan import RunPlan, build_plan
 from .plugins import get_host
 from .records import UnitResult, WorkUnit
 from .results import Results
 from .run_lock import RunLock
 from .spec import RunSpec, load_spec
 from .store import RunDirectoryError, RunStore, make_run_directory
-from .worker import NonFiniteError, UnitWorker
+from .work import RunWork
+from .worker import NonFiniteError
 
 __all__ = ["run", "NonFiniteError"]
 
+_log = logging.getLogger(__name__)
+
 # Execution settings that do not change results, so a run may resume with other values.
-_EXECUTION_ONLY = ("batch_size", "device")
+_EXECUTION_ONLY = ("batch_size", "device", "executor")
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
@@ -105,19 +109,25 @@ def run(
     host : PluginHost, optional
         The plugins to use; defaults to every installed plugin.
     executor : Executor, optional
-        How units of work are executed; defaults to in-process.
+        How units of work are executed; defaults to the spec's ``[run] executor`` (in-process unless it
+        names another).
     progress : bool, optional
         Show a progress bar; defaults to whether stderr is a terminal.
 
     Returns
     -------
     Results
-        The tidy table (also written to ``<out>/results.csv``), heatmaps and curves.
+        The tidy table (also written to ``<out>/results.csv``), heatmaps and curves; its ``execution`` is
+        the :class:`~cafe_core.executors.ExecutionReport` of this call (units done, retried, failed).
+
+    Raises
+    ------
+    UnitFailedError
+        When the executor gave a unit up; everything committed before stays, and the same call resumes.
     """
     host = host or get_host()
     spec, base_dir = load_spec(spec)
-    torch.manual_seed(spec.run.seed)  # before building, so randomly initialised components are reproducible
-    plan = prepare(spec, host, base_dir)
+    plan = build_plan(spec, host, base_dir)
     directory = pathlib.Path(out) if out is not None else pathlib.Path(tempfile.mkdtemp(prefix="cafe-run-"))
     n_images = len(plan.dataset) if spec.run.limit is None else min(spec.run.limit, len(plan.dataset))
     canonical = plan.spec.canonical()
@@ -129,17 +139,29 @@ def run(
         done = store.finished_units()
         units = [u for u in _units(image_ids, plan.context.batch_size) if u.key not in done]
         show = sys.stderr.isatty() if progress is None else progress
+        finished = []
         with tqdm(total=len(units), desc="cafe run", unit="batch", disable=not show) as bar:
 
             def commit(piece: UnitResult) -> None:
                 store.write(piece)
-                bar.update(int(piece.complete))
+                if piece.complete:
+                    finished.append(piece.unit)
+                    bar.update()
 
-            worker = UnitWorker(plan, store.stored_work, store.heatmap)
-            (executor or InProcessExecutor()).execute(units, worker, commit)
+            work = RunWork(plan, store, base_dir, image_ids)
+            report = (executor or _spec_executor(plan)).execute(units, work, commit)
+        report = dataclasses.replace(report or ExecutionReport(done=len(finished)), finished_before=len(done))
+    _log.info("cafe run: %s", report.summary())
     results = Results(directory)
+    results.execution = report
     results.to_csv()
     return results
+
+
+def _spec_executor(plan: RunPlan) -> Executor:
+    """The executor the spec names (in-process when it names an optional one that is not installed)."""
+    entries = plan.resolved["executor"]
+    return entries[0].build() if entries else InProcessExecutor()
 
 
 def _json(value: Any) -> str:

@@ -126,7 +126,12 @@ class TargetRule(BaseModel):
 
 
 class RunSection(BaseModel):
-    """How to execute: batching, device, dtype, seed, and how many images."""
+    """How to execute: batching, device, dtype, seed, how many images, and the executor.
+
+    ``executor`` names a registered executor: ``executor = "ray"``, or a ``[run.executor]`` table with
+    ``name`` and the executor's params, as any component section (``"inprocess"``, the default, computes
+    every unit in this process).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -135,11 +140,17 @@ class RunSection(BaseModel):
     dtype: Literal["float32", "float64"] = "float32"
     seed: int = 0
     limit: int | None = Field(default=None, ge=1)
+    executor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="inprocess"))
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         return check_device_name(value)
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
 
 class RunSpec(BaseModel):
