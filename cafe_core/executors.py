@@ -49,8 +49,14 @@ class ExecutionReport:
     def summary(self) -> str:
         """One line, e.g. ``"4 units done on 2 workers (3 finished before), 1 retried, 0 failed"``."""
         before = f" ({self.finished_before} finished before)" if self.finished_before else ""
-        workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}"
-        return f"{self.done} units done on {workers}{before}, {self.retried} retried, {self.failed} failed"
+        return (
+            f"{_count(self.done, 'unit')} done on {_count(self.workers, 'worker')}{before}, "
+            f"{self.retried} retried, {self.failed} failed"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 class UnitFailedError(CafeError):
