@@ -107,20 +107,6 @@ class StoredUnit:
         """What is stored for the unit's images (``image_ids`` are those images)."""
         return self.work
 
-    def stored_unit(self, image_ids: Sequence[str], metrics: Iterable[str]) -> StoredUnit:
-        """What a worker elsewhere needs of the store to compute a unit of these images.
-
-        Parameters
-        ----------
-        image_ids : sequence of str
-            The unit's images.
-        metrics : iterable of str
-            The run's metric labels: a stored heatmap missing any of their scores is included.
-        """
-        work, metrics = self.stored_work(image_ids), list(metrics)
-        needed = [pair for pair in work.heatmaps if work.missing_metrics(*pair, metrics)]
-        return StoredUnit(work, {pair: self.heatmap(*pair) for pair in needed})
-
     def heatmap(self, key: TargetKey, attributor: str) -> np.ndarray | None:
         """A stored heatmap, or ``None``."""
         return self.heatmaps.get((key, attributor))
