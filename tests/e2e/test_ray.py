@@ -168,13 +168,15 @@ def test_a_killed_driver_resumes_without_computing_its_finished_units_again(clus
     out = tmp_path / "ray"
     script = "import json, sys, cafe_core; cafe_core.run(json.load(open(sys.argv[1])), sys.argv[2], progress=False)"
     driver = subprocess.Popen([sys.executable, "-c", script, str(spec_path), str(out)])
-    deadline = time.time() + 300
-    while time.time() < deadline and driver.poll() is None:
-        if (out / "run.db").exists() and finished_units(out):
-            break
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None:
+            if (out / "run.db").exists() and finished_units(out):
+                break
+            time.sleep(0.05)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
     at_kill = finished_units(out)
     assert 1 <= len(at_kill) < 3, "the kill should land mid-run"
 
