@@ -33,6 +33,9 @@ class UnitTiming:
         Computing the unit's pieces.
     plan_seconds : float
         Building the plan before this unit: the worker's first unit only, zero after.
+    round_trip_seconds : float
+        From the driver sending the unit to receiving this timing, its last item, measured by the driver
+        (zero until then). What exceeds ``plan_seconds + compute_seconds`` is the cost of the Ray path.
     """
 
     unit: str
@@ -40,6 +43,7 @@ class UnitTiming:
     host: str
     compute_seconds: float
     plan_seconds: float
+    round_trip_seconds: float = 0.0
 
 
 class UnitActor:

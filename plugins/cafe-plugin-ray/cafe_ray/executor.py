@@ -12,7 +12,9 @@ units, lets those in flight finish, and raises :class:`~cafe_core.executors.Unit
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
+import time
 from typing import Any, Sequence
 
 import ray
@@ -99,6 +101,7 @@ class _Dispatch:
         self.timings = timings
         self.deaths: collections.Counter[str] = collections.Counter()
         self.running: dict[Any, tuple[int, WorkUnit]] = {}  # stream of pieces -> (slot, unit)
+        self.sent_at: dict[str, float] = {}
         self.failed: list[str] = []
         self.done = self.retried = 0
 
@@ -108,6 +111,7 @@ class _Dispatch:
         while self.running or (pending and not self.failed):
             while idle and pending and not self.failed:
                 slot, unit = idle.pop(), pending.popleft()
+                self.sent_at[unit.key] = time.perf_counter()
                 self.running[self.pool.submit(slot, unit, self.work.stored(unit))] = (slot, unit)
             [stream], _ = ray.wait(list(self.running), num_returns=1)
             slot, unit = self.running[stream]
@@ -134,7 +138,8 @@ class _Dispatch:
 
     def _receive(self, item: UnitResult | UnitTiming) -> None:
         if isinstance(item, UnitTiming):
-            self.timings.append(item)
+            round_trip = time.perf_counter() - self.sent_at[item.unit]
+            self.timings.append(dataclasses.replace(item, round_trip_seconds=round_trip))
             return
         self.commit(item)
         self.done += int(item.complete)
