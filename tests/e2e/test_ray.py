@@ -15,7 +15,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 import ray
 
@@ -24,6 +23,7 @@ from cafe_core.executors import UnitFailedError
 from cafe_core.plugins import PluginHost
 from cafe_core.run_lock import RunInUseError
 from cafe_ray.executor import RayExecutor
+from same_results import assert_same_results
 
 pytestmark = pytest.mark.slow
 
@@ -97,14 +97,6 @@ def crashing(spec_dict, **params):
     return spec_dict
 
 
-def assert_same_results(results, reference):
-    assert results.rows == reference.rows
-    assert results.targets == reference.targets
-    for row in reference.heatmap_index:
-        key = (row["image_id"], row["layer"], row["latent"], row["position"])
-        np.testing.assert_array_equal(results.heatmap(*key, row["attributor"]), reference.heatmap(*key, row["attributor"]))
-
-
 def finished_units(directory):
     """Each finished unit with the time it was committed."""
     try:
@@ -144,7 +136,8 @@ def test_a_unit_whose_worker_dies_too_often_fails_naming_it_and_the_same_run_res
         cafe_core.run(spec, directory, host=host, executor=RayExecutor(num_workers=1, max_retries=1))
     [unit] = caught.value.units
     assert unit.startswith("images[0:2]#")
-    assert str(caught.value).startswith(f"unit {unit} failed: the Ray worker computing it died 2 times (max_retries = 1)")
+    message = str(caught.value)
+    assert message.startswith(f"unit {unit} failed: the Ray worker computing it died 2 times (max_retries = 1)")
     assert (caught.value.report.retried, caught.value.report.failed) == (1, 1)
     with sqlite3.connect(directory / "run.db") as connection:
         assert connection.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 0
@@ -192,7 +185,10 @@ def test_a_second_driver_into_a_directory_in_use_is_refused_before_any_worker_st
                                                                                       tmp_path):
     directory = tmp_path / "run"
     directory.mkdir()
-    hold = "import sys; from cafe_core.run_lock import RunLock\nwith RunLock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()"
+    hold = (
+        "import sys; from cafe_core.run_lock import RunLock\n"
+        "with RunLock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()"
+    )
     other = subprocess.Popen([sys.executable, "-c", hold, str(directory)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:

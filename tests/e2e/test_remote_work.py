@@ -7,7 +7,6 @@ in-process run, and given a unit left half done it computes only what is missing
 import dataclasses
 import pickle
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,6 +15,7 @@ from cafe_core.plugins import PluginHost
 from cafe_core.records import UnitResult
 from cafe_core.store import RunStore
 from cafe_core.work import SpecWorker
+from same_results import assert_same_results
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +65,7 @@ def test_a_worker_given_only_pickled_spec_unit_and_stored_work_computes_the_same
     reference = cafe_core.run(spec_dict, tmp_path / "local", host=host)
     executor = PickledWorkerExecutor()
     results = cafe_core.run(spec_dict, tmp_path / "elsewhere", host=host, executor=executor)
-    assert results.rows == reference.rows
-    assert results.targets == reference.targets
-    for row in reference.heatmap_index:
-        key = (row["image_id"], row["layer"], row["latent"], row["position"])
-        np.testing.assert_array_equal(results.heatmap(*key, row["attributor"]), reference.heatmap(*key, row["attributor"]))
+    assert_same_results(results, reference)
     assert results.execution.done == 3 and results.execution.retried == 0
     assert all(not stored.work.heatmaps and not stored.heatmaps for stored in executor.sent)  # fresh units
     assert not any(isinstance(value, torch.Tensor) for piece in executor.pieces for value in walk(piece))
@@ -96,4 +92,4 @@ def test_a_unit_left_half_done_is_finished_from_what_the_driver_sends(spec_dict,
     computed = UnitResult.merge(resumed.pieces)
     assert {(h.key, h.attributor) for h in computed.heatmaps}.isdisjoint(stored_before)
     assert len(computed.heatmaps) + len(stored_before) == len(reference.heatmap_index)
-    assert results.rows == reference.rows
+    assert_same_results(results, reference)
