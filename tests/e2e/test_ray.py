@@ -19,6 +19,7 @@ import pytest
 import ray
 
 import cafe_core
+from cafe_core.component_errors import ComponentError
 from cafe_core.executors import UnitFailedError
 from cafe_core.plugins import PluginHost
 from cafe_core.run_lock import RunInUseError
@@ -42,14 +43,17 @@ CRASHING_PLUGIN = """
         deaths: int = 0           # calls, across all workers, that kill their own process
         marker: str | None = None  # prefix of the files counting those deaths
         sleep: float = 0.0
+        fail: bool = False        # raise instead
 
 
     class CrashingGradientXInput(GradientXInput):
-        def __init__(self, deaths=0, marker=None, sleep=0.0):
+        def __init__(self, deaths=0, marker=None, sleep=0.0, fail=False):
             super().__init__()
-            self.deaths, self.marker, self.sleep = deaths, marker, sleep
+            self.deaths, self.marker, self.sleep, self.fail = deaths, marker, sleep, fail
 
         def attribute(self, target, x, context):
+            if self.fail:
+                raise ValueError("broken on purpose")
             for death in range(self.deaths):
                 try:
                     handle = os.open(f"{self.marker}.{death}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -150,6 +154,15 @@ def test_a_unit_whose_worker_dies_too_often_fails_naming_it_and_the_same_run_res
     assert sorted(t.unit for t in executor.timings) == sorted(finished_units(directory))
     [(_, units)] = collections.Counter(t.pid for t in executor.timings).items()
     assert units == 3 and [t.plan_seconds > 0 for t in executor.timings] == [True, False, False]  # one model load
+
+
+def test_a_component_that_raises_on_a_worker_stops_the_run_with_its_own_error(cluster, host, spec_dict, tmp_path):
+    executor = RayExecutor(num_workers=2, max_retries=2)
+    with pytest.raises(ComponentError) as caught:
+        cafe_core.run(crashing(spec_dict, fail=True), tmp_path / "ray", host=host, executor=executor)
+    assert str(caught.value).startswith("attributor 'crashing_gradient_x_input' failed while explaining 2 targets")
+    assert "ValueError: broken on purpose; results committed before it are kept" in str(caught.value)
+    assert executor.timings == []  # the run stopped at the error: no unit finished
 
 
 def test_a_killed_driver_resumes_without_computing_its_finished_units_again(cluster, host, spec_dict, tmp_path):
