@@ -75,6 +75,9 @@ class UnitFailedError(CafeError):
         self.units = list(units)
         self.report = report
 
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.units, self.report)
+
 
 class Executor(Protocol):
     """Runs ``work(unit)`` for every unit and passes every piece of its result to ``commit``.

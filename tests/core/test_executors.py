@@ -1,12 +1,13 @@
 """The executor a spec names: the in-process default, shorthand and table forms, errors for unknown names."""
 
+import pickle
 import subprocess
 import sys
 
 import pytest
 
 from cafe_core.errors import SpecError
-from cafe_core.executors import ExecutionReport, InProcessExecutor
+from cafe_core.executors import ExecutionReport, InProcessExecutor, UnitFailedError
 from cafe_core.plugins import PluginHost
 from cafe_core.resolve import resolve
 from cafe_core.spec import load_spec
@@ -73,3 +74,13 @@ def test_a_run_on_the_default_executor_imports_no_ray():
 def test_the_report_of_a_resumed_run_says_what_was_finished_before():
     report = ExecutionReport(done=1, retried=2, failed=0, workers=2, finished_before=3)
     assert report.summary() == "1 unit done on 2 workers (3 finished before), 2 retried, 0 failed"
+
+
+def test_the_errors_a_worker_or_an_executor_raises_survive_pickling():
+    """A worker elsewhere raises to the driver through pickling (a spec problem on its machine, say)."""
+    spec_error = pickle.loads(pickle.dumps(SpecError([("sae.path", "does not exist")], what="run spec")))
+    assert spec_error.problems == [("sae.path", "does not exist")]
+    assert str(spec_error) == "1 problem(s) in the run spec:\n  sae.path: does not exist"
+    report = ExecutionReport(done=2, retried=3, failed=1, workers=2)
+    failed = pickle.loads(pickle.dumps(UnitFailedError("unit u failed", ["u"], report)))
+    assert (str(failed), failed.units, failed.report) == ("unit u failed", ["u"], report)
