@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from typing import Iterator
 
 import ray
@@ -26,7 +27,7 @@ def connected(address: str | None) -> Iterator[None]:
         yield
         return
     ray.init(address=address, include_dashboard=False)
-    _log.info("ray: connected to %s", address or "a local cluster")
+    _log.info("ray: connected to %s", address or os.environ.get("RAY_ADDRESS") or "a new local cluster")
     try:
         yield
     finally:
