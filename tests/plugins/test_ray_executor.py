@@ -1,5 +1,7 @@
 """cafe-plugin-ray's registration: found through its entry point, its params, nothing started for no work."""
 
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -8,6 +10,15 @@ import pytest
 
 from cafe_core.executors import ExecutionReport
 from cafe_core.plugins import PluginHost
+from cafe_core.resolve import resolve_component
+from cafe_core.spec import RunSection
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_the_ray_executor_is_discovered_through_its_entry_point_with_its_defaults():
@@ -37,3 +48,12 @@ def test_registering_the_plugin_imports_no_ray_and_no_work_starts_no_cluster():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"False {ExecutionReport(workers=0).summary()} False"
+
+
+@pytest.mark.parametrize("readme", ["README.md", "plugins/cafe-plugin-ray/README.md"])
+def test_the_documented_ray_sections_are_valid(readme):
+    text = (ROOT / readme).read_text()
+    [block] = [b for b in re.findall(r"```toml\n(.*?)```", text, flags=re.S) if "[run.executor]" in b]
+    section = RunSection.model_validate(tomllib.loads(block)["run"])
+    component, problems = resolve_component("run.executor", "executor", section.executor, PluginHost(), ROOT)
+    assert problems == [] and component.registration.name == "ray"
