@@ -13,7 +13,8 @@ import json
 import sys
 
 REFERENCES = (
-    "method=gradient_x_input", "mode=looped", "mode=shared", "way=cafe_insertion", "way=hand_loop", "layer=11"
+    "method=gradient_x_input", "mode=looped", "mode=shared", "way=cafe_insertion", "way=hand_loop", "layer=11",
+    "way=inprocess",
 )
 
 

@@ -71,6 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     results = run(args.spec, args.out, progress=False if args.no_progress else None, paranoid=args.paranoid or None)
     print(results.format_summary())
+    print(f"units: {results.execution.summary()}")
     print(f"run directory: {results.directory}")
     return 0
 

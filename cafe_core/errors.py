@@ -41,9 +41,14 @@ class SpecError(CafeError, ValueError):
 
     def __init__(self, problems: list[tuple[str, str]], what: str = "run spec") -> None:
         self.problems = list(problems)
+        self.what = what
         lines = [f"{len(self.problems)} problem(s) in the {what}:"]
         lines += [f"  {path or '<spec>'}: {message}" for path, message in self.problems]
         super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple:
+        # pickled whole, so that a worker in another process (an executor's) can raise it to the driver
+        return type(self), (self.problems, self.what)
 
 
 class IncompatibleComponentError(CafeError):

@@ -158,6 +158,36 @@ def cafe_register_datasets(register: Register) -> None:
 
 
 @hookspec
+def cafe_register_executors(register: Register) -> None:
+    """Register executors: how the units of work of a run are carried out (in this process, on a cluster...).
+
+    An executor implements :class:`cafe_core.executors.Executor`: ``execute(units, work, commit)`` runs the
+    work of every unit and hands every piece of its result to ``commit``, in the calling process, which is
+    the only writer of the run store; it returns an :class:`~cafe_core.executors.ExecutionReport` (units
+    done, retried, failed). ``work(unit)`` computes a unit in this process. To compute elsewhere, send
+    ``work.spec`` and ``work.base_dir`` once to each worker, build a :class:`cafe_core.work.SpecWorker`
+    there (it builds the plan, and so loads the model, once), and send each unit with ``work.stored(unit)``,
+    what the store already holds for it. A spec picks an executor with ``executor = "name"`` in its
+    ``[run]`` section, or a ``[run.executor]`` table holding ``name`` and the executor's params; the core
+    registers ``"inprocess"``, the default. The executor is an execution setting: a run may resume under
+    another one.
+
+    Example
+    -------
+    ::
+
+        class RayParams(BaseModel):
+            address: str | None = None
+            num_workers: int | None = Field(default=None, ge=1)
+
+        @hookimpl
+        def cafe_register_executors(register):
+            register("ray", "cafe_ray.executor:RayExecutor", params=RayParams,
+                     description="Units on the workers of a Ray cluster")
+    """
+
+
+@hookspec
 def cafe_register_commands(register: Register) -> None:
     """Register subcommands of the ``cafe`` command line.
 

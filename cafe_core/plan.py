@@ -16,7 +16,7 @@ from .selection import rule_position
 from .resolve import ResolvedComponent, build_component, resolve_device, resolve_partially
 from .spec import RunSpec
 
-__all__ = ["RunPlan", "prepare", "make_context"]
+__all__ = ["RunPlan", "build_plan", "prepare", "make_context"]
 
 
 def make_context(spec: RunSpec) -> RunContext:
@@ -55,7 +55,9 @@ class RunPlan:
     def versions(self, host: Any) -> dict[str, Any]:
         """Versions of cafe, torch, Python and every plugin that provided a component of this run."""
         plugins = {}
-        for entries in self.resolved.values():
+        for section, entries in self.resolved.items():
+            if section == "executor":  # an execution setting: a run may resume under another executor
+                continue
             for entry in entries:
                 plugin = entry.registration.plugin
                 info = host.plugins.get(plugin)
@@ -162,6 +164,16 @@ def prepare(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> R
         metrics=metrics,
         rule_positions=rule_positions,
     )
+
+
+def build_plan(spec: RunSpec, host: Any, base_dir: pathlib.Path | None = None) -> RunPlan:
+    """The plan of a run, built the same way in the driver and in every worker that computes its units.
+
+    Seeds torch's global generator with the run's seed first, so that components initialised at random
+    (an untrained SAE, say) get the same weights in every process.
+    """
+    torch.manual_seed(spec.run.seed)
+    return prepare(spec, host, base_dir)
 
 
 def _compatibility_problems(

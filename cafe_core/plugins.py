@@ -36,6 +36,7 @@ _HOOK_OF_KIND = {
     "attributor": "cafe_register_attributors",
     "metric": "cafe_register_metrics",
     "dataset": "cafe_register_datasets",
+    "executor": "cafe_register_executors",
     "command": "cafe_register_commands",
 }
 
@@ -95,6 +96,7 @@ class PluginHost:
         self.failures: list[PluginFailure] = []
         self.plugins: dict[str, PluginInfo] = {}
         self._registries: dict[str, Registry] | None = None
+        self._add_builtin()
         if entry_points:
             self.load_entry_points()
 
@@ -104,6 +106,13 @@ class PluginHost:
         if self.strict:
             raise PluginLoadError(message + "\n" + failure.traceback)
         warnings.warn(message + " (run `cafe plugins` for the traceback)", RuntimeWarning, stacklevel=3)
+
+    def _add_builtin(self) -> None:
+        """The core's own components (the default executor), present even on a host without entry points."""
+        from . import __version__, builtin
+
+        self.pm.register(builtin, name=builtin.PLUGIN_NAME)
+        self.plugins[builtin.PLUGIN_NAME] = PluginInfo(builtin.PLUGIN_NAME, "cafe-core", __version__)
 
     def load_entry_points(self) -> None:
         """Load every installed plugin of the ``cafe`` entry-point group, one by one."""

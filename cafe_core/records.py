@@ -139,10 +139,11 @@ class ScoreRecord:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """A batch of dataset indices; ``key`` names it in the run store."""
+    """A batch of dataset indices; ``key`` names it in the run store, ``image_ids`` are its images' ids."""
 
     key: str
     indices: tuple[int, ...]
+    image_ids: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Name -> component resolution for one kind of component (backbones, SAEs, attributors, metrics, datasets).
+"""Name -> component resolution for one kind of component (backbones, SAEs, attributors, metrics, datasets, ...).
 
 Names used here: a component's *factory* is what builds it (a class or function, or a lazy ``"module:attr"``
 reference to one); its *params model* is the pydantic class that declares and validates its params; its
@@ -18,7 +18,7 @@ from .errors import ComponentLoadError, DuplicateComponentError, UnknownComponen
 
 __all__ = ["KINDS", "Registration", "Registry"]
 
-KINDS = ("backbone", "sae", "attributor", "metric", "dataset", "command")
+KINDS = ("backbone", "sae", "attributor", "metric", "dataset", "executor", "command")
 
 
 class _NoParams(BaseModel):

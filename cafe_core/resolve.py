@@ -130,19 +130,21 @@ def resolve_partially(
 ) -> tuple[dict[str, list[ResolvedComponent]], list[tuple[str, str]]]:
     """Like :func:`resolve`, but return the sections that resolved together with the problems of the rest."""
     base_dir = base_dir or pathlib.Path.cwd()
+    # section -> (kind, entries, where the spec holds them, whether they are indexed)
     sections = {
-        "backbone": ("backbone", [spec.backbone], False),
-        "sae": ("sae", spec.sae, len(spec.sae) > 1),
-        "dataset": ("dataset", [spec.dataset], False),
-        "attributors": ("attributor", spec.attributors, True),
-        "metrics": ("metric", spec.metrics, True),
+        "backbone": ("backbone", [spec.backbone], "backbone", False),
+        "sae": ("sae", spec.sae, "sae", len(spec.sae) > 1),
+        "dataset": ("dataset", [spec.dataset], "dataset", False),
+        "attributors": ("attributor", spec.attributors, "attributors", True),
+        "metrics": ("metric", spec.metrics, "metrics", True),
+        "executor": ("executor", [spec.run.executor], "run.executor", False),
     }
     problems: list[tuple[str, str]] = []
     resolved: dict[str, list[ResolvedComponent]] = {}
-    for section, (kind, entries, indexed) in sections.items():
+    for section, (kind, entries, path, indexed) in sections.items():
         resolved[section] = []
         for i, entry in enumerate(entries):
-            component, found = resolve_component(f"{section}[{i}]" if indexed else section, kind, entry, host, base_dir)
+            component, found = resolve_component(f"{path}[{i}]" if indexed else path, kind, entry, host, base_dir)
             problems += found
             if component is not None:
                 resolved[section].append(component)

@@ -71,10 +71,14 @@ class Results:
     targets : list of dict
         Every target considered, including those not explained (``status``: ``"inactive"``, or
         ``"below_floor"`` under the rule's ``min_relative_activation``).
+    execution : ExecutionReport or None
+        How the units of the :func:`cafe_core.run` call that returned these results were executed (units
+        done, retried, failed); ``None`` for results loaded from a directory.
     """
 
     def __init__(self, directory: str | pathlib.Path) -> None:
         self.directory = pathlib.Path(directory)
+        self.execution: Any = None
         with RunStore.open_existing(self.directory) as store:
             targets = store.targets()
             scores = store.scores()

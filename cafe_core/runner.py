@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import pathlib
 import sys
 import tempfile
 import warnings
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from .activation_floor import activation_floors
-from .executors import Executor, InProcessExecutor
-from .plan import RunPlan, prepare
+from .executors import ExecutionReport, Executor, InProcessExecutor
+from .plan import RunPlan, build_plan
 from .plugins import get_host
-from .records import UnitResult
+from .records import UnitResult, WorkUnit
 from .results import Results
 from .run_lock import RunLock
 from .spec import RunSpec, load_spec, stored_spec_data
 from .store import RunDirectoryError, RunStore, make_run_directory
 from .unit_stream import stream_units
-from .worker import NonFiniteError, UnitWorker
+from .work import RunWork
+from .worker import NonFiniteError
 
 __all__ = ["run", "NonFiniteError"]
 
+_log = logging.getLogger(__name__)
+
 # Execution settings that do not change results, so a run may resume with other values.
-_EXECUTION_ONLY = ("batch_size", "device", "paranoid")
+_EXECUTION_ONLY = ("batch_size", "device", "executor", "paranoid")
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +83,8 @@ def run(
     host : PluginHost, optional
         The plugins to use; defaults to every installed plugin.
     executor : Executor, optional
-        How units of work are executed; defaults to in-process.
+        How units of work are executed; defaults to the spec's ``[run] executor`` (in-process unless it
+        names another).
     progress : bool, optional
         Show a progress bar; defaults to whether stderr is a terminal.
     paranoid : bool, optional
@@ -89,14 +94,19 @@ def run(
     Returns
     -------
     Results
-        The tidy table (also written to ``<out>/results.csv``), heatmaps and curves.
+        The tidy table (also written to ``<out>/results.csv``), heatmaps and curves; its ``execution`` is
+        the :class:`~cafe_core.executors.ExecutionReport` of this call (units done, retried, failed).
+
+    Raises
+    ------
+    UnitFailedError
+        When the executor gave a unit up; everything committed before stays, and the same call resumes.
     """
     host = host or get_host()
     spec, base_dir = load_spec(spec)
     if paranoid is not None:
         spec = spec.model_copy(update={"run": spec.run.model_copy(update={"paranoid": paranoid})})
-    torch.manual_seed(spec.run.seed)  # before building, so randomly initialised components are reproducible
-    plan = prepare(spec, host, base_dir)
+    plan = build_plan(spec, host, base_dir)
     directory = pathlib.Path(out) if out is not None else pathlib.Path(tempfile.mkdtemp(prefix="cafe-run-"))
     n_images = len(plan.dataset) if spec.run.limit is None else min(spec.run.limit, len(plan.dataset))
     canonical = plan.spec.canonical()
@@ -107,18 +117,36 @@ def run(
         batch_size = plan.context.batch_size
         plan.floors = activation_floors(store, plan, n_images)
         show = sys.stderr.isatty() if progress is None else progress
+        units_done = {"finished": 0, "skipped": 0}
         with tqdm(total=-(-n_images // batch_size), desc="cafe run", unit="batch", disable=not show) as bar:
 
             def commit(piece: UnitResult) -> None:
                 store.write(piece)
-                bar.update(int(piece.complete))
+                if piece.complete:
+                    units_done["finished"] += 1
+                    bar.update()
 
-            units = stream_units(store, plan, n_images, batch_size, on_skip=lambda unit: bar.update(1))
-            worker = UnitWorker(plan, store.stored_work, store.heatmap)
-            (executor or InProcessExecutor()).execute(units, worker, commit)
+            def skip(unit: WorkUnit) -> None:
+                units_done["skipped"] += 1
+                bar.update()
+
+            units = stream_units(store, plan, n_images, batch_size, on_skip=skip)
+            work = RunWork(plan, store, base_dir)
+            report = (executor or _spec_executor(plan)).execute(units, work, commit)
+        report = dataclasses.replace(
+            report or ExecutionReport(done=units_done["finished"]), finished_before=units_done["skipped"]
+        )
+    _log.info("cafe run: %s", report.summary())
     results = Results(directory)
+    results.execution = report
     results.to_csv()
     return results
+
+
+def _spec_executor(plan: RunPlan) -> Executor:
+    """The executor the spec names (in-process when it names an optional one that is not installed)."""
+    entries = plan.resolved["executor"]
+    return entries[0].build() if entries else InProcessExecutor()
 
 
 def _json(value: Any) -> str:

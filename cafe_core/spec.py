@@ -160,7 +160,12 @@ class TargetRule(BaseModel):
 
 
 class RunSection(BaseModel):
-    """How to execute: batching, device, dtype, seed, and how many images."""
+    """How to execute: batching, device, dtype, seed, how many images, and the executor.
+
+    ``executor`` names a registered executor: ``executor = "ray"``, or a ``[run.executor]`` table with
+    ``name`` and the executor's params, as any component section (``"inprocess"``, the default, computes
+    every unit in this process).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -171,11 +176,17 @@ class RunSection(BaseModel):
     limit: int | None = Field(default=None, ge=1)
     paranoid: bool = False
     """Check that the model is unchanged after every component call, not only after each one's first."""
+    executor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="inprocess"))
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         return check_device_name(value)
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
 
 class RunSpec(BaseModel):

@@ -21,7 +21,7 @@ from .image_listing import ImageEntry
 from .records import KEY_FIELDS, HeatmapRecord, ScoreRecord, TargetKey, TargetRecord, UnitResult
 from .store_schema import HEATMAPS, SCORES, TARGETS, decode_array
 
-__all__ = ["RunStore", "RunDirectoryError", "StoredWork", "make_run_directory"]
+__all__ = ["RunStore", "RunDirectoryError", "StoredUnit", "StoredWork", "make_run_directory"]
 
 DB_NAME = "run.db"
 
@@ -83,6 +83,34 @@ class StoredWork:
     def has_heatmap(self, key: TargetKey, attributor: str) -> bool:
         """Whether this target's heatmap by this attributor is stored."""
         return (key, attributor) in self.heatmaps
+
+
+@dataclass
+class StoredUnit:
+    """What the store holds for the images of one unit, read by the driver for a worker that cannot read it.
+
+    It answers the two questions a :class:`~cafe_core.worker.UnitWorker` asks the store, for the unit's
+    images only, and pickles to another process or machine.
+
+    Attributes
+    ----------
+    work : StoredWork
+        The heatmaps and scores stored for the unit's images.
+    heatmaps : dict
+        The stored heatmaps ``[gh, gw]`` that still lack a score, by ``(target, attributor)``: the only
+        ones a worker reads back.
+    """
+
+    work: StoredWork = field(default_factory=StoredWork)
+    heatmaps: dict[tuple[TargetKey, str], np.ndarray] = field(default_factory=dict)
+
+    def stored_work(self, image_ids: Sequence[str]) -> StoredWork:
+        """What is stored for the unit's images (``image_ids`` are those images)."""
+        return self.work
+
+    def heatmap(self, key: TargetKey, attributor: str) -> np.ndarray | None:
+        """A stored heatmap, or ``None``."""
+        return self.heatmaps.get((key, attributor))
 
 
 class RunStore:
@@ -228,6 +256,20 @@ class RunStore:
         ):
             stored.scored.setdefault((TargetKey(*row[:n]), row[n]), set()).add(row[n + 1])
         return stored
+
+    def stored_unit(self, image_ids: Sequence[str], metrics: Iterable[str]) -> StoredUnit:
+        """What a worker elsewhere needs of the store to compute a unit of these images.
+
+        Parameters
+        ----------
+        image_ids : sequence of str
+            The unit's images.
+        metrics : iterable of str
+            The run's metric labels: a stored heatmap missing any of their scores is included.
+        """
+        work, metrics = self.stored_work(image_ids), list(metrics)
+        needed = [pair for pair in work.heatmaps if work.missing_metrics(*pair, metrics)]
+        return StoredUnit(work, {pair: self.heatmap(*pair) for pair in needed})
 
     def heatmap(self, key: TargetKey, attributor: str) -> np.ndarray | None:
         """A stored heatmap ``[gh, gw]``, or ``None``."""

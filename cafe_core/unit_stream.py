@@ -60,7 +60,8 @@ def stream_units(
     for start in range(0, n_images, batch_size):
         entries = _checked_entries(store, plan, range(start, min(start + batch_size, n_images)))
         store.record_listing(entries, listing_pass)
-        unit = WorkUnit(key=unit_key(start, [e.image_id for e in entries]), indices=tuple(e.index for e in entries))
+        image_ids = tuple(e.image_id for e in entries)
+        unit = WorkUnit(key=unit_key(start, list(image_ids)), indices=tuple(e.index for e in entries), image_ids=image_ids)
         if unit.key in finished:
             on_skip(unit)
         else:

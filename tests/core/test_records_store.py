@@ -16,7 +16,7 @@ from cafe_core.records import (
     TargetRecord,
     UnitResult,
 )
-from cafe_core.store import RunStore
+from cafe_core.store import RunStore, StoredUnit
 
 KEY = TargetKey("img0.png", "relu", 1, 7, 5)
 OTHER = TargetKey("img1.png", "relu", 1, 3, 0)
@@ -86,3 +86,17 @@ def test_a_key_is_a_target_on_an_image():
     assert KEY.target == Target(1, 7, 5)
     assert TargetKey.of("img0.png", "relu", Target(1, 7, 5)) == KEY
     assert KEY.as_tuple() == ("img0.png", "relu", 1, 7, 5)
+
+
+def test_what_a_remote_worker_is_sent_holds_the_stored_keys_and_only_the_heatmaps_still_to_score(tmp_path):
+    _, chunk, _ = unit_pieces()
+    unscored = HeatmapRecord(OTHER, "gradient_x_input", np.ones((2, 3), dtype=np.float32))
+    with RunStore(tmp_path) as store:
+        store.write(chunk)
+        store.write(UnitResult("images[0:2]", heatmaps=[unscored]))
+        sent = pickle.loads(pickle.dumps(store.stored_unit(["img0.png", "img1.png"], ["insertion", "own_patch_share"])))
+        assert sent.stored_work(["img0.png", "img1.png"]) == store.stored_work(["img0.png", "img1.png"])
+        assert set(sent.heatmaps) == {(OTHER, "gradient_x_input")}  # KEY's heatmap has every score
+        np.testing.assert_array_equal(sent.heatmap(OTHER, "gradient_x_input"), unscored.heatmap)
+        assert sent.heatmap(KEY, "attnlrp") is None
+        assert store.stored_unit(["img2.png"], ["insertion"]) == StoredUnit()  # a unit never started: nothing

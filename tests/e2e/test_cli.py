@@ -36,6 +36,7 @@ def test_run_then_show(spec_dict, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "insertion ↑" in out and "deletion ↓" in out and "gradient_x_input" in out
     assert "10 targets considered, 0 skipped as inactive" in out
+    assert "units: 3 units done on 1 worker, 0 retried, 0 failed" in out.splitlines()
     assert main(["show", str(tmp_path / "run")]) == 0
     shown = capsys.readouterr().out
     assert shown.splitlines()[:5] == out.splitlines()[:5]
