@@ -89,9 +89,11 @@ class ConceptGraph:
     def to_json(self) -> dict[str, Any]:
         """Plain data: ``top``, ``attributor``, ``share``, ``max_nodes``, ``nodes`` (``id``, ``label``, ``layer``,
         ``latent`` or ``None`` for an error node, ``kind``, ``relevance``), ``edges`` (``source``, ``target``,
-        ``weight``) and ``layers`` (per SAE below the top: the positive relevance reaching its latents, the
-        share the kept latents hold, whether ``max_nodes`` bound, the error node's, decoder bias', unread
-        tokens' and absorbed relevance, and the strongest latents before pruning)."""
+        ``weight``) and ``layers`` (per SAE below the top: the relevance of the parents explained, the signed and
+        the positive relevance reaching its latents, the share the kept latents hold, whether ``max_nodes``
+        bound, the error node's, decoder bias', unread tokens' and absorbed relevance, and the strongest latents
+        before pruning). With a conservative attributor (CP-LRP) the parents' relevance equals the sum of the
+        latents', the error's, the bias', the unread tokens' and the absorbed relevance."""
         return {"top": self.top, "attributor": self.attributor, "share": self.share, "max_nodes": self.max_nodes,
                 "nodes": self.nodes, "edges": self.edges, "layers": self.layers}
 
@@ -222,7 +224,8 @@ def _descend(graph, backbone, parent_level, source, frontier, x, method, context
     order = np.argsort(-np.abs(scores), kind="stable")[:table_size]
     graph.layers.append({
         "label": source.label, "layer": source.layer, "parents": len(by_parent),
-        "positive_latent_relevance": positive, "kept": len(kept),
+        "parent_relevance": float(sum(graph.node(node_id(parent_level.label, p))["relevance"] for p in by_parent)),
+        "latent_relevance": float(scores.sum()), "positive_latent_relevance": positive, "kept": len(kept),
         "kept_share": float(scores[kept].sum() / positive) if positive > 0 else None,
         "capped": bool(capped), "error": mean(attribution.error), "bias": mean(attribution.bias),
         "uncovered": mean(attribution.uncovered), "absorbed": mean(attribution.absorbed),

@@ -98,7 +98,7 @@ def _render_matplotlib(graph: dict[str, Any], thumbnails: dict[str, np.ndarray],
     largest = max((abs(e["weight"]) for e in graph["edges"]), default=1.0) or 1.0
     for edge in _visible_edges(graph, floor):
         (x0, y0), (x1, y1) = where[edge["source"]], where[edge["target"]]
-        ax.plot([x0, x1], [y0 - 0.36, y1 + 0.3], color=_POSITIVE if edge["weight"] > 0 else _NEGATIVE,
+        ax.plot([x0, x1], [y0 - 0.46, y1 + 0.2], color=_POSITIVE if edge["weight"] > 0 else _NEGATIVE,
                 linewidth=0.4 + 5 * abs(edge["weight"]) / largest, alpha=0.55, solid_capstyle="round", zorder=1)
     for node_id, (x, y) in where.items():
         node = next(n for n in graph["nodes"] if n["id"] == node_id)

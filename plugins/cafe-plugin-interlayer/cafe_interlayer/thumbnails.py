@@ -1,4 +1,4 @@
-"""A latent's thumbnail: the image where it fires most, its activation map over it, the fired patch outlined."""
+"""A latent's thumbnail: the image where it fires most, dimmed where the latent is silent, the fired patch outlined."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ def thumbnail(image: np.ndarray, activation: np.ndarray | None, fired: tuple[int
     image : numpy.ndarray
         ``[H, W, 3]`` in ``[0, 1]``, as the model saw it.
     activation : numpy.ndarray or None
-        ``[gh, gw]`` the latent over the image's patch tokens (``cividis``, from 0 to its maximum) blended over
-        the greyed image; ``None`` (a class-token latent) shows the image alone.
+        ``[gh, gw]`` the latent over the image's patch tokens: each patch is dimmed to ``0.25 + 0.75 a / max(a)``
+        of its brightness, so the image shows where the latent fires in its own colours; ``None`` (a class-token
+        latent) shows the image alone.
     fired : tuple of int or None
         ``(row, col)`` of the patch whose token fired most, outlined.
     patch : tuple of int
@@ -29,16 +30,13 @@ def thumbnail(image: np.ndarray, activation: np.ndarray | None, fired: tuple[int
     scale : int
         Nearest-neighbour upscaling, so that small images stay legible.
     """
-    from matplotlib import colormaps
-
     out = np.asarray(image, dtype=np.float64).copy()
     ph, pw = patch
     if activation is not None:
-        grey = out @ np.array([0.299, 0.587, 0.114])
+        # where the latent is silent the image is dimmed, where it fires it keeps its own colours
         peak = max(float(np.max(activation)), 1e-12)
-        colours = colormaps["cividis"](np.clip(np.asarray(activation) / peak, 0, 1))[..., :3]
-        colours = colours.repeat(ph, axis=0).repeat(pw, axis=1)
-        out = 0.35 * grey[..., None] + 0.65 * colours
+        level = np.clip(np.asarray(activation, dtype=np.float64) / peak, 0, 1).repeat(ph, axis=0).repeat(pw, axis=1)
+        out = out * (0.25 + 0.75 * level[..., None])
     out = out.repeat(scale, axis=0).repeat(scale, axis=1)
     if fired is not None:
         r, c = fired
