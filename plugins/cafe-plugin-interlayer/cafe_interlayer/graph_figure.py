@@ -89,7 +89,7 @@ def _render_matplotlib(graph: dict[str, Any], thumbnails: dict[str, np.ndarray],
 
     rows = _levels(graph)
     widest = max(len(r) for r in rows)
-    figure = new_figure(max(4.0, 1.05 * widest + 0.6), 1.75 * len(rows) + 0.5)
+    figure = new_figure(max(4.0, 1.05 * widest + 0.6), 1.75 * len(rows) + 0.5 + 0.22 * len(graph.get("layers", [])))
     ax = figure.subplots()
     where = {}
     for level, row in enumerate(rows):
@@ -110,8 +110,17 @@ def _render_matplotlib(graph: dict[str, Any], thumbnails: dict[str, np.ndarray],
         else:
             box = {"boxstyle": "round,pad=0.3", "facecolor": "#eeeeee", "edgecolor": "#777777", "linestyle": "--"}
             ax.text(x, y, _label(node), ha="center", va="center", fontsize=6.5, bbox=box, zorder=4)
+    notes = []
+    for layer in graph.get("layers", []):
+        kept = "—" if layer["kept_share"] is None else f"{layer['kept_share']:.0%}"
+        notes.append(f"{layer['label']}: {layer['kept']} latents kept ({kept} of their positive relevance"
+                     f"{', capped' if layer['capped'] else ''}) · unread tokens {layer['uncovered']:+.2f} · "
+                     f"decoder bias {layer['bias']:+.2f} · absorbed {layer['absorbed']:+.2f}")
+    bottom = -(len(rows) - 1) - 0.62
+    if notes:
+        ax.text(0.0, bottom, "\n".join(notes), ha="left", va="top", fontsize=6, color="#444444")
     ax.set_xlim(-0.1, widest + 0.1)
-    ax.set_ylim(-(len(rows) - 1) - 0.7, 0.55)
+    ax.set_ylim(bottom - 0.13 * len(notes) - 0.02, 0.55)
     ax.axis("off")
     ax.set_title(title, fontsize=8)
     return save_png(figure, path)
