@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import InterlayerError
-from .graph import build_concept_graph, node_id
+from .graph import build_concept_graph
 from .graph_figure import draw_graph
 from .peaks import find_peaks
 from .thumbnails import save_thumbnail, thumbnail
@@ -173,7 +173,3 @@ def _finite(value: Any) -> Any:
 
     return finite(value)
 
-
-def top_node_id(graph: dict[str, Any]) -> str:
-    """The id of a graph's top latent."""
-    return node_id(graph["top"]["label"], graph["top"]["latent"])
