@@ -1,0 +1,20 @@
+"""Registration of the interlayer commands (imports nothing heavy; each loads when invoked)."""
+
+from __future__ import annotations
+
+from cafe_core import hookimpl
+
+
+@hookimpl
+def cafe_register_commands(register):
+    """Register ``graph`` and ``interlayer``."""
+    register(
+        "graph",
+        "cafe_interlayer.commands:GraphCommand",
+        description="Concept graphs: a top-layer latent explained by the latents of each earlier SAE, pruned to a share",
+    )
+    register(
+        "interlayer",
+        "cafe_interlayer.commands:InterlayerCommand",
+        description="Interlayer attribution: `faithfulness` (insertion/deletion of source latents), `objects` (ground truth)",
+    )
