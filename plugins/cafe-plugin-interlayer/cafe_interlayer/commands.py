@@ -7,31 +7,9 @@ import json
 import pathlib
 from typing import Any
 
+from cafe_core.cli_types import at_least_one, latent_indices, share
+
 __all__ = ["GraphCommand", "InterlayerCommand"]
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text}")
-    return value
-
-
-def _indices(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected latent indices such as 12,40,7, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected latent indices >= 0 such as 12,40,7, got {text!r}")
-    return values
 
 
 def _sae_ref(text: str) -> int | str:
@@ -57,8 +35,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="interlayer attributors, comma-separated (gradient_x_input, integrated_gradients, "
                              "attnlrp, cp_lrp, activation, random; default: [interlayer] attributors, else the "
                              "counterparts of the spec's attributors)")
-    parser.add_argument("--share", type=_share, default=None, help="graph pruning: share of relevance kept per layer")
-    parser.add_argument("--max-nodes", type=_at_least_one, default=None, help="graph pruning: latents kept per layer")
+    parser.add_argument("--share", type=share, default=None, help="graph pruning: share of relevance kept per layer")
+    parser.add_argument("--max-nodes", type=at_least_one, default=None, help="graph pruning: latents kept per layer")
     parser.add_argument("--base-dir", type=pathlib.Path, default=None,
                         help="folder the spec's relative paths are taken from (default: the spec file's folder)")
     parser.add_argument("--device", default=None, help="where the model runs: auto, cpu, cuda (default: the spec's)")
@@ -79,15 +57,15 @@ class GraphCommand:
     def configure(self, parser: argparse.ArgumentParser) -> None:
         """Add the command's arguments."""
         _common(parser)
-        parser.add_argument("--latents", type=_indices, default=None,
+        parser.add_argument("--latents", type=latent_indices, default=None,
                             help="latents of the target SAE (default: the --count most active over the images)")
-        parser.add_argument("--count", type=_at_least_one, default=3, help="latents when --latents is not given (3)")
+        parser.add_argument("--count", type=at_least_one, default=3, help="latents when --latents is not given (3)")
         parser.add_argument("--attributor", default=None,
                             help="the attributor whose relevance weighs the edges (default: integrated_gradients, "
                                  "cp_lrp, attnlrp or gradient_x_input, the first the spec has)")
-        parser.add_argument("--images", type=_at_least_one, default=None,
+        parser.add_argument("--images", type=at_least_one, default=None,
                             help="stream only the first N images (default: all, or run.limit)")
-        parser.add_argument("--images-per-latent", type=_at_least_one, default=4,
+        parser.add_argument("--images-per-latent", type=at_least_one, default=4,
                             help="images each graph is averaged over, where the latent fires most (4)")
         parser.add_argument("--engine", choices=("auto", "graphviz", "matplotlib"), default="auto",
                             help="drawing: graphviz when its Python package and `dot` are installed, else matplotlib")
@@ -117,7 +95,7 @@ class InterlayerCommand:
                         "attributor through every source SAE, and score each ranking by interlayer insertion and "
                         "deletion.")
         _common(faithful)
-        faithful.add_argument("--images", type=_at_least_one, default=None,
+        faithful.add_argument("--images", type=at_least_one, default=None,
                               help="only the first N images (default: all, or run.limit)")
         faithful.add_argument("--error", choices=("keep", "drop"), default=None,
                               help="the blank: reconstruction of no latents plus (keep) or without (drop) the error")
@@ -131,9 +109,9 @@ class InterlayerCommand:
                         "every attributor and check whether its kept latents fire on the objects that decided the "
                         "label (datasets with object masks: shapes).")
         _common(objects)
-        objects.add_argument("--images", type=_at_least_one, default=1000, help="images searched (1000)")
+        objects.add_argument("--images", type=at_least_one, default=1000, help="images searched (1000)")
         objects.add_argument("--auroc", type=float, default=0.75, help="predictive: AUROC for a label bit (0.75)")
-        objects.add_argument("--per-latent", type=_at_least_one, default=3, help="images per latent (3)")
+        objects.add_argument("--per-latent", type=at_least_one, default=3, help="images per latent (3)")
         objects.set_defaults(handler=self._objects)
 
     def run(self, args: argparse.Namespace) -> int:

@@ -6,38 +6,9 @@ import argparse
 import pathlib
 from typing import Any
 
+from cafe_core.cli_types import at_least_one, latent_indices, non_negative, share
+
 __all__ = ["AnalyzeCommand", "FeaturesCommand", "ReportCommand"]
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {text}")
-    return value
-
-
-def _latents(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected latent indices such as 12,40,7, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected latent indices >= 0 such as 12,40,7, got {text!r}")
-    return values
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -55,18 +26,18 @@ class ReportCommand:
         """Add the command's arguments."""
         parser.add_argument("run_dir", type=pathlib.Path, help="a run directory (the --out of cafe run)")
         parser.add_argument("--out", type=pathlib.Path, default=None, help="report folder (default: DIR/report)")
-        parser.add_argument("--max-targets", type=_non_negative, default=100,
+        parser.add_argument("--max-targets", type=non_negative, default=100,
                             help="targets drawn, the first explained ones in store order (default 100)")
-        parser.add_argument("--per-page", type=_at_least_one, default=20, help="targets per page (default 20)")
+        parser.add_argument("--per-page", type=at_least_one, default=20, help="targets per page (default 20)")
         parser.add_argument("--reference", default="activation_map",
                             help="attributor the others are compared with, target by target (default activation_map)")
         parser.add_argument("--seed", type=int, default=None, help="seed of the intervals (default: the run's)")
-        parser.add_argument("--resamples", type=_at_least_one, default=2000, help="bootstrap resamples (default 2000)")
-        parser.add_argument("--cause-share", type=_share, default=0.5,
+        parser.add_argument("--resamples", type=at_least_one, default=2000, help="bootstrap resamples (default 2000)")
+        parser.add_argument("--cause-share", type=share, default=0.5,
                             help="share of positive relevance the outlined cause patches hold (default 0.5)")
-        parser.add_argument("--sanity-targets", type=_non_negative, default=8,
+        parser.add_argument("--sanity-targets", type=non_negative, default=8,
                             help="targets the sanity checks recompute; 0 skips them (default 8)")
-        parser.add_argument("--random-directions", type=_at_least_one, default=3,
+        parser.add_argument("--random-directions", type=at_least_one, default=3,
                             help="random directions per target in the random-direction control (default 3)")
         _common(parser)
 
@@ -97,16 +68,16 @@ class FeaturesCommand:
     def configure(self, parser: argparse.ArgumentParser) -> None:
         """Add the command's arguments."""
         parser.add_argument("spec", help="TOML run spec (backbone, SAE, dataset and attributors are used)")
-        parser.add_argument("--latents", type=_latents, required=True, help="latent indices, e.g. 12,40,7")
+        parser.add_argument("--latents", type=latent_indices, required=True, help="latent indices, e.g. 12,40,7")
         parser.add_argument("--out", type=pathlib.Path, required=True, help="folder of the pages")
         parser.add_argument("--layer", type=int, default=None, help="the SAE's layer, when the spec has several")
-        parser.add_argument("--count", type=_at_least_one, default=6, help="images per ranking (default 6)")
+        parser.add_argument("--count", type=at_least_one, default=6, help="images per ranking (default 6)")
         parser.add_argument("--attributor", default=None,
                             help="label of the attributor drawing the iERFs (default: the spec's attnlrp, cp_lrp "
                                  "or integrated_gradients, in this order, else its first causal one)")
-        parser.add_argument("--images", type=_at_least_one, default=None,
+        parser.add_argument("--images", type=at_least_one, default=None,
                             help="stream only the first N images (default: all, or run.limit)")
-        parser.add_argument("--cause-share", type=_share, default=0.5,
+        parser.add_argument("--cause-share", type=share, default=0.5,
                             help="share of positive relevance the cause patches hold (default 0.5)")
         _common(parser)
 
@@ -136,14 +107,14 @@ class AnalyzeCommand:
                         "--threshold of the positive relevance. The spec's [targets] and [[metrics]] are not used.",
         )
         nonlocal_.add_argument("spec", help="TOML run spec (backbone, SAEs, dataset and attributors are used)")
-        nonlocal_.add_argument("--latents", type=_at_least_one, default=100,
+        nonlocal_.add_argument("--latents", type=at_least_one, default=100,
                                help="latents sampled per layer (default 100)")
-        nonlocal_.add_argument("--images", type=_at_least_one, default=None,
+        nonlocal_.add_argument("--images", type=at_least_one, default=None,
                                help="stream only the first N images (default: all, or run.limit)")
         nonlocal_.add_argument("--attributor", default=None,
                                help="label of the attributor (default: the spec's attnlrp, cp_lrp or "
                                     "integrated_gradients, in this order, else its first causal one)")
-        nonlocal_.add_argument("--threshold", type=_share, default=0.5,
+        nonlocal_.add_argument("--threshold", type=share, default=0.5,
                                help="non-local below this own-patch share (default 0.5)")
         nonlocal_.add_argument("--seed", type=int, default=None, help="sampling seed (default: the spec's run.seed)")
         nonlocal_.add_argument("--out", type=pathlib.Path, default=None,
