@@ -384,7 +384,7 @@ def test_params_are_checked_before_any_library_is_imported(tmp_path):
         OpenClipParams(model="ViT-B-16", path=tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         OpenClipParams(model="ViT-B-16", checkpoint=tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match="not a folder with a config.json"):
+    with pytest.raises(ValueError, match="has no config.json"):
         HFVisionParams(path=tmp_path)
     with pytest.raises(ValueError, match="looks like a folder"):
         HFVisionParams(model=str(tmp_path))

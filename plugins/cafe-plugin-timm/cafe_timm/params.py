@@ -189,23 +189,16 @@ class OpenClipParams(ReadOut):
 
     @model_validator(mode="after")
     def _consistent(self) -> "OpenClipParams":
-        if (self.model is None or not self.model.strip()) == (self.path is None):
-            raise TimmBackboneError(
-                "give exactly one of model (an open_clip model name such as 'ViT-B-16', or 'hf-hub:org/repo') "
-                "and path (a folder with open_clip_config.json)"
-            )
+        _exactly_one_source(self.model, self.path, "an open_clip model name such as 'ViT-B-16', or 'hf-hub:org/repo'",
+                            "a folder with open_clip_config.json")
         if self.model is not None and self.model.startswith("local-dir:"):
             raise TimmBackboneError(
                 f"model {self.model!r} names a folder; give it as path = {self.model[len('local-dir:'):]!r}, "
                 "so that a relative path is taken from the spec's folder"
             )
         if self.path is not None:
-            self.path = self.path.expanduser()
-            if not (self.path / "open_clip_config.json").is_file():
-                raise TimmBackboneError(
-                    f"path '{self.path}' has no open_clip_config.json; give a folder saved by open_clip (config "
-                    "and weights), or a built-in model name such as 'ViT-B-16' as model"
-                )
+            self.path = _saved_folder(self.path, "open_clip_config.json", "give a folder saved by open_clip (config "
+                                      "and weights), or a built-in model name such as 'ViT-B-16' as model")
         if self.pretrained is not None and self.checkpoint is not None:
             raise TimmBackboneError(
                 "pretrained and checkpoint are both set, so the weights to use are ambiguous; keep checkpoint "
@@ -250,21 +243,28 @@ class HFVisionParams(ReadOut):
 
     @model_validator(mode="after")
     def _consistent(self) -> "HFVisionParams":
-        if (self.model is None or not self.model.strip()) == (self.path is None):
-            raise TimmBackboneError(
-                "give exactly one of model (a hub id such as 'facebook/dinov2-base') and path (a folder written "
-                "by save_pretrained)"
-            )
+        _exactly_one_source(self.model, self.path, "a hub id such as 'facebook/dinov2-base'",
+                            "a folder written by save_pretrained")
         if self.model is not None and (self.model.startswith(("/", ".", "~")) or self.model.count("/") > 1):
             raise TimmBackboneError(
                 f"model {self.model!r} looks like a folder; give it as path, so that a relative path is taken "
                 "from the spec's folder (model is a hub id such as 'facebook/dinov2-base')"
             )
         if self.path is not None:
-            self.path = self.path.expanduser()
-            if not (self.path / "config.json").is_file():
-                raise TimmBackboneError(
-                    f"path '{self.path}' is not a folder with a config.json; give a folder written by "
-                    "model.save_pretrained(folder), or a hub id as model"
-                )
+            self.path = _saved_folder(self.path, "config.json", "give a folder written by "
+                                      "model.save_pretrained(folder), or a hub id as model")
         return self
+
+
+def _exactly_one_source(model: str | None, path: pathlib.Path | None, model_kind: str, path_kind: str) -> None:
+    """Refuse params that name both or neither of a model (``model_kind``) and a saved folder (``path_kind``)."""
+    if (model is None or not model.strip()) == (path is None):
+        raise TimmBackboneError(f"give exactly one of model ({model_kind}) and path ({path_kind})")
+
+
+def _saved_folder(path: pathlib.Path, marker: str, fix: str) -> pathlib.Path:
+    """``path`` with ``~`` expanded, refused unless it holds the file ``marker`` that saving a model writes."""
+    path = path.expanduser()
+    if not (path / marker).is_file():
+        raise TimmBackboneError(f"path '{path}' has no {marker}; {fix}")
+    return path
