@@ -1,4 +1,8 @@
-"""Shared set-ups of the speed benchmarks: the default model and a vit_small at 224, with images and SAEs."""
+"""Shared set-ups of the speed benchmarks: the default model and a vit_small at 224, with images and SAEs.
+
+Everything runs on CUDA when it is available, else on the CPU; ``CAFE_BENCH_DEVICE=cpu`` (or ``cuda:1``...)
+chooses. Timed calls go through :func:`synchronized`, so that a GPU's queued kernels are counted.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,22 @@ import torch
 
 from cafe_core.plugins import PluginHost
 from cafe_core.protocols import RunContext, TargetFunction
+
+
+DEVICE = torch.device(os.environ.get("CAFE_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def synchronized(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, returning only once the device has finished the work it queued."""
+    if DEVICE.type != "cuda":
+        return fn
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        torch.cuda.synchronize(DEVICE)
+        return out
+
+    return call
 
 
 @dataclass
@@ -48,7 +68,8 @@ def _toy(host: PluginHost) -> Setup:
     backbone = host.registry("backbone").get("toy_vit").build({})
     sae = host.registry("sae").get("toy_sae").build({"layer": 3})
     images, _, _ = ShapesDataset(32, seed=4).tensors()
-    return Setup("toy", backbone, sae, 3, backbone.preprocess(list(images)))
+    return Setup("toy", backbone.to(device=DEVICE), sae.to(device=DEVICE), 3,
+                 backbone.preprocess(list(images)).to(DEVICE))
 
 
 def _vit_small(host: PluginHost) -> Setup:
@@ -56,7 +77,7 @@ def _vit_small(host: PluginHost) -> Setup:
     backbone = host.registry("backbone").get("timm").build({"model": "vit_small_patch16_224"})
     sae = host.registry("sae").get("random").build({"d_in": 384, "d_sae": 3072, "layer": 6, "seed": 0})
     images = torch.randn(32, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    return Setup("vit_small", backbone, sae, 6, images)
+    return Setup("vit_small", backbone.to(device=DEVICE), sae.to(device=DEVICE), 6, images.to(DEVICE))
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +85,8 @@ def setups(host) -> dict[str, Setup]:
     return {"toy": _toy(host), "vit_small": _vit_small(host)}
 
 
-def context(batch_size: int) -> RunContext:
-    return RunContext(batch_size=batch_size)
+def context(batch_size: int, autocast: torch.dtype | None = None) -> RunContext:
+    return RunContext(batch_size=batch_size, device=DEVICE, autocast=autocast)
 
 
 def _rss_bytes() -> int:

@@ -7,12 +7,12 @@ import torch
 
 from cafe_core.blanks import make_blank
 from cafe_core.patches import patches_to_pixels, rank_patches
-from conftest import context
+from conftest import context, synchronized
 
 
 def _heatmap(setup, n):
     target, x = setup.target(n)
-    return target, x, torch.rand(n, *setup.backbone.grid_size, generator=torch.Generator().manual_seed(0))
+    return target, x, torch.rand(n, *setup.backbone.grid_size, generator=torch.Generator().manual_seed(0)).to(x)
 
 
 @pytest.mark.parametrize("steps", [1, 4, 16])
@@ -24,9 +24,9 @@ def test_curve(benchmark, host, setups, model, metric, steps):
     benchmark.group = f"{metric} curves: {model}, 4 curves"
     benchmark.extra_info.update(model=model, steps=steps, items=4, per="curve")
     if model == "vit_small" and steps == 1:
-        benchmark.pedantic(evaluator.evaluate, args=(target, x, heatmap, context(64)), rounds=1, iterations=1)
+        benchmark.pedantic(synchronized(evaluator.evaluate), args=(target, x, heatmap, context(64)), rounds=1, iterations=1)
     else:
-        benchmark(evaluator.evaluate, target, x, heatmap, context(64))
+        benchmark(synchronized(evaluator.evaluate), target, x, heatmap, context(64))
 
 
 def _per_step_full_model(setup, target, x, heatmap):
@@ -40,7 +40,7 @@ def _per_step_full_model(setup, target, x, heatmap):
     try:
         with torch.no_grad():
             for i in range(len(x)):
-                mask = torch.zeros(heatmap[i].numel())
+                mask = torch.zeros(heatmap[i].numel(), device=x.device)
                 for k in range(order.shape[1] + 1):
                     if k:
                         mask[order[i, k - 1]] = 1
@@ -67,15 +67,15 @@ def test_insertion_against_the_usual_way(benchmark, setups, host, model, way):
     curves = 4 if model == "toy" else 2
     one_target, one_image = setup.target(1)
     target, x = one_target.select([0] * curves), one_image.expand(curves, -1, -1, -1)
-    heatmap = torch.rand(curves, *setup.backbone.grid_size, generator=torch.Generator().manual_seed(0))
+    heatmap = torch.rand(curves, *setup.backbone.grid_size, generator=torch.Generator().manual_seed(0)).to(x)
     layer = f"block {setup.layer} of {setup.backbone.depth}"
     benchmark.group = f"insertion, {model} ({layer}), {curves} curves of one target: cafe vs per-step loop vs bare"
     benchmark.extra_info.update(model=model, way=way, items=curves, per="curve")
     rounds = {"rounds": 1, "iterations": 1} if model == "vit_small" else {"rounds": 3, "iterations": 1}
     if way == "cafe_insertion":
         metric = host.registry("metric").get("insertion").build({"steps": 1})
-        benchmark.pedantic(metric.evaluate, args=(target, x, heatmap, context(64)), **rounds)
+        benchmark.pedantic(synchronized(metric.evaluate), args=(target, x, heatmap, context(64)), **rounds)
     elif way == "per_step_full_model":
-        benchmark.pedantic(_per_step_full_model, args=(setup, target, x, heatmap), **rounds)
+        benchmark.pedantic(synchronized(_per_step_full_model), args=(setup, target, x, heatmap), **rounds)
     else:
-        benchmark.pedantic(_bare_trunk_forwards, args=(target, x, heatmap), **rounds)
+        benchmark.pedantic(synchronized(_bare_trunk_forwards), args=(target, x, heatmap), **rounds)

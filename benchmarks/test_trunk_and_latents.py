@@ -6,20 +6,20 @@ import pytest
 import torch
 
 from cafe_core.protocols import TargetFunction
-from conftest import context
+from conftest import DEVICE, context, synchronized
 
 
 @pytest.mark.parametrize("layer", [1, 5, 11])
 def test_gradient_x_input_by_layer(benchmark, host, setups, layer):
     """vit_small has 12 blocks: the cost should grow about as (layer + 1) / 12 of a full-depth attribution."""
     setup = setups["vit_small"]
-    sae = host.registry("sae").get("random").build({"d_in": 384, "d_sae": 3072, "layer": layer})
+    sae = host.registry("sae").get("random").build({"d_in": 384, "d_sae": 3072, "layer": layer}).to(device=DEVICE)
     x = setup.images[:4]
     target = TargetFunction(setup.backbone, sae, layer, [0, 1, 2, 3], [1, 1, 1, 1])
     attributor = host.registry("attributor").get("gradient_x_input").build({})
     benchmark.group = "trunk depth: vit_small gradient_x_input, 4 images"
     benchmark.extra_info.update(layer=layer, depth=setup.backbone.depth, items=4, per="heatmap")
-    benchmark(attributor.attribute, target, x, context(16))
+    benchmark(synchronized(attributor.attribute), target, x, context(16))
 
 
 def _top_latents(setup, n_images, per_image):
@@ -48,10 +48,10 @@ def test_32_latents_of_one_image(benchmark, host, setups, model, method, mode):
     benchmark.extra_info.update(model=model, mode=mode, items=32, per="heatmap")
     if mode == "looped":
         attributor = host.registry("attributor").get(method).build({})
-        benchmark(lambda: [attributor.attribute(target.select([i]), x[i : i + 1], ctx) for i in range(32)])
+        benchmark(synchronized(lambda: [attributor.attribute(target.select([i]), x[i : i + 1], ctx) for i in range(32)]))
     else:
         attributor = host.registry("attributor").get(method).build({"batching": mode})
-        benchmark(attributor.attribute, target, x, ctx)
+        benchmark(synchronized(attributor.attribute), target, x, ctx)
 
 
 @pytest.mark.parametrize("mode", ["looped", "one call"])
@@ -68,9 +68,9 @@ def test_32_latents_of_one_image_other_methods(benchmark, host, setups, model, m
     benchmark.group = f"32 latents of one image: {model} {method}"
     benchmark.extra_info.update(model=model, mode=mode, items=32, per="heatmap")
     if mode == "looped":
-        benchmark(lambda: [attributor.attribute(target.select([i]), x[i : i + 1], ctx) for i in range(32)])
+        benchmark(synchronized(lambda: [attributor.attribute(target.select([i]), x[i : i + 1], ctx) for i in range(32)]))
     else:
-        benchmark(attributor.attribute, target, x, ctx)
+        benchmark(synchronized(attributor.attribute), target, x, ctx)
 
 
 @pytest.mark.parametrize("mode", ["rows", "shared"])
@@ -82,14 +82,14 @@ def test_latents_per_image(benchmark, host, setups, model, per_image, mode):
     attributor = host.registry("attributor").get("gradient_x_input").build({"batching": mode})
     benchmark.group = f"latents per image: {model} gradient_x_input, 16 rows, {per_image:02d} per image"
     benchmark.extra_info.update(model=model, mode=mode, items=16, per="heatmap")
-    benchmark(attributor.attribute, target, x, context(16))
+    benchmark(synchronized(attributor.attribute), target, x, context(16))
 
 
 @pytest.fixture(scope="module")
 def dense_token(host, setups):
     """The toy model's class token under a random 2,048-latent SAE: about 1,000 latents active at once."""
     setup = setups["toy"]
-    sae = host.registry("sae").get("random").build({"d_in": 128, "d_sae": 2048, "layer": 3, "seed": 0})
+    sae = host.registry("sae").get("random").build({"d_in": 128, "d_sae": 2048, "layer": 3, "seed": 0}).to(device=DEVICE)
     x = setup.images[:1]
     with torch.no_grad():
         codes = sae.encode(setup.backbone.forward_to(x, 3))[0, 0]
@@ -105,4 +105,4 @@ def test_jacobian_crossover(benchmark, host, dense_token, k, mode):
     attributor = host.registry("attributor").get("gradient_x_input").build({"batching": mode})
     benchmark.group = f"K latents at one token (D = 128), toy gradient_x_input: K = {k:03d}"
     benchmark.extra_info.update(mode=mode, k=k, items=k, per="heatmap")
-    benchmark(attributor.attribute, target, x.expand(k, -1, -1, -1), context(32))
+    benchmark(synchronized(attributor.attribute), target, x.expand(k, -1, -1, -1), context(32))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -25,12 +26,22 @@ class RunContext:
         Floating point type of the inputs.
     seed : int
         Seed for any randomness (baselines, random rankings, noise tunnels).
+    autocast : torch.dtype or None
+        Lower precision for the passes of attributors and metrics (``torch.bfloat16`` or
+        ``torch.float16``), entered by :meth:`precision`; ``None`` (the default) computes in ``dtype``.
     """
 
     batch_size: int = 16
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     seed: int = 0
+    autocast: torch.dtype | None = None
+
+    def precision(self) -> ContextManager[None]:
+        """:func:`torch.autocast` on ``device`` with ``autocast``, or nothing when it is ``None``."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from ``seed + offset``; reproducible across devices."""

@@ -22,6 +22,9 @@ __all__ = ["RunPlan", "build_plan", "prepare", "make_context"]
 def make_context(spec: RunSpec) -> RunContext:
     """The :class:`RunContext` of a spec (``device = "auto"`` picks CUDA when available)."""
     device, problems = resolve_device(spec.run.device)
+    autocast = None if spec.run.autocast is None else getattr(torch, spec.run.autocast)
+    if device is not None and autocast is not None:
+        problems += _autocast_problems(device, autocast)
     if problems:
         raise SpecError(problems)
     return RunContext(
@@ -29,7 +32,19 @@ def make_context(spec: RunSpec) -> RunContext:
         device=device,
         dtype=getattr(torch, spec.run.dtype),
         seed=spec.run.seed,
+        autocast=autocast,
     )
+
+
+def _autocast_problems(device: torch.device, dtype: torch.dtype) -> list[tuple[str, str]]:
+    """Why ``device`` cannot autocast to ``dtype`` (empty when it can)."""
+    name = str(dtype).removeprefix("torch.")
+    if not torch.amp.is_autocast_available(device.type):
+        return [("run.autocast", f"torch has no autocast for {device.type!r} devices; leave autocast out")]
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return [("run.autocast", f"{torch.cuda.get_device_name(device)} does not support bfloat16; "
+                                 "use autocast = \"float16\" or leave it out")]
+    return []
 
 
 @dataclass

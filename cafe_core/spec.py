@@ -176,12 +176,27 @@ class RunSection(BaseModel):
     limit: int | None = Field(default=None, ge=1)
     paranoid: bool = False
     """Check that the model is unchanged after every component call, not only after each one's first."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """Run the attributors' and metrics' passes under :func:`torch.autocast` with this dtype (off by default).
+
+    Target selection stays in ``dtype``, so a run with and without autocast explains the same targets;
+    heatmaps, curves and scores are stored in ``dtype``. Needs ``dtype = "float32"``.
+    """
     executor: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="inprocess"))
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         return check_device_name(value)
+
+    @model_validator(mode="after")
+    def _autocast_needs_float32(self) -> "RunSection":
+        if self.autocast is not None and self.dtype != "float32":
+            raise ValueError(
+                f"autocast = {self.autocast!r} lowers float32 passes only; with dtype = {self.dtype!r} it would "
+                "do nothing: use dtype = \"float32\" or leave autocast out"
+            )
+        return self
 
     @field_validator("executor", mode="before")
     @classmethod

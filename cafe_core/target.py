@@ -89,7 +89,9 @@ class TargetFunction:
         return self.from_tokens(self.tokens(x))
 
     def select(self, index: torch.Tensor | Sequence[int] | slice) -> "TargetFunction":
-        """The function restricted to some rows."""
+        """The function restricted to some rows (``index`` may live on any device)."""
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.latents.device)
         return TargetFunction(self.backbone, self.sae, self.layer, self.latents[index], self.positions[index])
 
     def tile(self, copies: int) -> "TargetFunction":

@@ -206,7 +206,7 @@ class UnitWorker:
             heatmap = torch.stack([heatmaps[label][i] for label, i in pairs])
             with self.guard.watching(f"metric {metric_label!r}"), blame(
                 f"metric {metric_label!r}", f"scoring {len(pairs)} heatmaps, the first of {chunk[pairs[0][1]].record.key}"
-            ):
+            ), plan.context.precision():
                 scored = metric.evaluate(
                     target.select(index), xs[index], heatmap, plan.context,
                     annotations=[annotations[chunk[i].row] for _, i in pairs],
@@ -226,7 +226,7 @@ class UnitWorker:
         """The heatmaps ``[N, gh, gw]`` of one attributor, checked, and their records."""
         with self.guard.watching(f"attributor {label!r}"), blame(
             f"attributor {label!r}", f"explaining {len(keys)} targets, the first {keys[0]}"
-        ):
+        ), self.plan.context.precision():
             attribution = attributor.attribute(target, xs, self.plan.context)
         fix = "this is a bug of the attributor's plugin; report it to its authors, or leave it out of the spec"
         if not isinstance(attribution, Attribution):
@@ -234,7 +234,7 @@ class UnitWorker:
                 f"attributor {label!r} returned a {type(attribution).__name__}, not an Attribution, for "
                 f"{keys[0]} and {len(keys) - 1} more target(s); {fix}"
             )
-        heatmap = attribution.heatmap.detach()
+        heatmap = attribution.heatmap.detach().to(xs.dtype)  # autocast may have lowered it
         expected = (len(keys), *self.plan.backbone.grid_size)
         if tuple(heatmap.shape) != expected:
             raise CafeError(
@@ -266,7 +266,11 @@ def _score_records(
     keys: list[TargetKey], attributors: list[str], metric: str, result: MetricResult
 ) -> list[ScoreRecord]:
     def numpy(values: torch.Tensor | None) -> np.ndarray | None:
-        return None if values is None else values.detach().cpu().numpy()
+        if values is None:
+            return None
+        if values.dtype in (torch.bfloat16, torch.float16):  # from autocast; numpy has no bfloat16
+            values = values.float()
+        return values.detach().cpu().numpy()
 
     curve, raw_curve, fractions = numpy(result.curve), numpy(result.raw_curve), numpy(result.fractions)
     return [

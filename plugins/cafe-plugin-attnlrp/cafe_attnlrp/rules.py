@@ -42,6 +42,8 @@ __all__ = [
 
 def _absorbed(grad: torch.Tensor, constant: torch.Tensor) -> torch.Tensor:
     """``sum(grad[b] * constant)`` for each row ``b`` of ``grad``, with ``constant`` broadcastable to it."""
+    dtype = torch.promote_types(grad.dtype, constant.dtype)  # under autocast a float32 bias meets bf16 grads
+    grad, constant = grad.to(dtype), constant.to(dtype)
     if constant.dim() == 1 and grad.dim() > 1 and grad.shape[-1] == constant.shape[0]:
         # A bias: summing over the tokens first leaves a small matrix-vector product.
         return torch.mv(grad.sum(tuple(range(1, grad.dim() - 1))) if grad.dim() > 2 else grad, constant)
