@@ -173,11 +173,12 @@ def test_latents_of_one_image_cost_the_points_of_one_path(setting, method, point
     assert sum(counting.calls) == 5 * points + ends
 
 
-def test_path_batching_refuses_the_jacobian_with_the_choices():
-    with pytest.raises(ValueError, match="auto, rows, shared"):
-        IntegratedGradients(batching="jacobian")
-    with pytest.raises(ValueError, match="auto, rows, shared"):
-        GradientShap(batching="jacobian")
+def test_path_batching_refuses_the_jacobian_with_the_choices(setting):
+    backbone, sae, x, latents, positions = setting
+    target = TargetFunction(backbone, sae, LAYER, latents, positions)
+    for method in (IntegratedGradients(n_steps=2, batching="jacobian"), GradientShap(n_samples=2, batching="jacobian")):
+        with pytest.raises(ValueError, match="auto, rows, shared"):
+            method.attribute(target, x, RunContext())
     for params in (IntegratedGradientsParams, GradientShapParams):
         with pytest.raises(pydantic.ValidationError, match="'auto', 'rows' or 'shared'"):
             params(batching="jacobian")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cafe_core.batching import PATH_BATCHING, check_batching
 from cafe_core.blanks import make_blank
 from cafe_core.path_gradients import PointSet, path_gradients, path_groups
 from cafe_core.protocols import Attribution, RunContext, TargetFunction
@@ -74,7 +73,7 @@ class GradientShap:
         self.stdevs = float(stdevs)
         self.blank = blank
         self.blur_sigma = blur_sigma
-        self.batching = check_batching(batching, PATH_BATCHING)
+        self.batching = batching
 
     def attribute(self, target: TargetFunction, x: torch.Tensor, context: RunContext) -> Attribution:
         """GradientSHAP maps of the rows of ``x [B, 3, H, W]``.

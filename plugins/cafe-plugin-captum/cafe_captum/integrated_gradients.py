@@ -6,7 +6,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from cafe_core.batching import PATH_BATCHING, check_batching
 from cafe_core.blanks import make_blank
 from cafe_core.path_gradients import PointSet, path_gradients, path_groups, row_values
 from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction
@@ -112,7 +111,7 @@ class IntegratedGradients:
         self.blur_sigma = blur_sigma
         self.quantity = quantity
         self.start = start
-        self.batching = check_batching(batching, PATH_BATCHING)
+        self.batching = batching
 
     def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
         """Why ``quantity="pre"`` cannot explain the latents of ``saes`` (an SAE without pre-activations)."""
