@@ -54,17 +54,27 @@ def test_32_latents_of_one_image(benchmark, host, setups, model, method, mode):
         benchmark(synchronized(attributor.attribute), target, x, ctx)
 
 
+PATH_PARAMS = {
+    "integrated_gradients_blank": ("integrated_gradients", {"n_steps": 16, "start": "blank"}),
+    "integrated_gradients_onset": ("integrated_gradients", {"n_steps": 16}),
+    "gradient_shap": ("gradient_shap", {"n_samples": 16}),
+}
+"""The path methods' variants: a registered name and its params."""
+
+
 @pytest.mark.parametrize("mode", ["looped", "one call"])
 @pytest.mark.parametrize(
     "model, method",
     [("toy", "occlusion"), ("toy", "saliency"), ("toy", "input_x_gradient"),
+     ("toy", "integrated_gradients_blank"), ("toy", "integrated_gradients_onset"), ("toy", "gradient_shap"),
      ("vit_small", "saliency"), ("vit_small", "input_x_gradient")],
 )
 def test_32_latents_of_one_image_other_methods(benchmark, host, setups, model, method, mode):
     """K = 32 latents of one image for the methods whose one call shares its forwards: 32 calls or one."""
     target, x = _top_latents(setups[model], 1, 32)
     ctx = context(32)
-    attributor = host.registry("attributor").get(method).build({})
+    name, params = PATH_PARAMS.get(method, (method, {}))
+    attributor = host.registry("attributor").get(name).build(params)
     benchmark.group = f"32 latents of one image: {model} {method}"
     benchmark.extra_info.update(model=model, mode=mode, items=32, per="heatmap")
     if mode == "looped":

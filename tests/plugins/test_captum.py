@@ -343,13 +343,13 @@ def test_integrated_gradients_packs_steps_up_to_the_batch_size(vit):
     counting = CountingBackbone(backbone)
     counted = TargetFunction(counting, sae, 1, target.latents[:2], target.positions[:2])
     IntegratedGradients(n_steps=7, start="blank").attribute(counted, x[:2], RunContext(batch_size=6))
-    # The values at the image and the blank, then 3 steps of 2 rows per pass: 6, 6, 2 for the 7 steps.
-    assert counting.calls == [2, 2, 6, 6, 2]
+    # The values at the two images and at their one zero blank, then the 2 x 7 points in passes of 6, 6, 2.
+    assert counting.calls == [2, 1, 6, 6, 2]
     counting.calls.clear()
     out = IntegratedGradients(n_steps=7).attribute(counted, x[:2], RunContext(batch_size=6))
     # From the onset, where a row is off at the blank: 7 grid points, 16 bisections and a secant step first.
     assert (out.info["onset"] > 0).any()
-    assert counting.calls == [2, 2] + [2] * 24 + [6, 6, 2]
+    assert counting.calls == [2, 1] + [2] * 24 + [6, 6, 2]
 
 
 def test_saliency_and_input_x_gradient_match_autograd(vit):

@@ -10,7 +10,7 @@ from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import pixels_to_patches
 from cafe_core.protocols import Attribution, TargetFunction
 
-__all__ = ["latent_function", "pre_activation_problem", "to_attribution"]
+__all__ = ["check_quantity", "latent_function", "pre_activation_problem", "to_attribution"]
 
 
 def pre_activation_problem(sae: Any) -> str | None:
@@ -22,6 +22,13 @@ def pre_activation_problem(sae: Any) -> str | None:
         f"quantity='pre' needs an SAE with pre_activation_latents(h, latents); {kind.__name__} "
         f"({kind.__module__}) has none: use quantity='post', or an SAE from cafe-plugin-sae"
     )
+
+
+def check_quantity(sae: Any, quantity: str) -> None:
+    """Raise :class:`~cafe_core.errors.IncompatibleComponentError` if ``sae`` cannot explain ``quantity``."""
+    problem = pre_activation_problem(sae) if quantity == "pre" else None
+    if problem:
+        raise IncompatibleComponentError(problem)
 
 
 def latent_function(target: TargetFunction, quantity: str = "post") -> Callable[[torch.Tensor], torch.Tensor]:
@@ -48,9 +55,7 @@ def latent_function(target: TargetFunction, quantity: str = "post") -> Callable[
     cafe_core.errors.IncompatibleComponentError
         For ``quantity="pre"`` with an SAE that has no ``pre_activation_latents``.
     """
-    problem = pre_activation_problem(target.sae) if quantity == "pre" else None
-    if problem:
-        raise IncompatibleComponentError(problem)
+    check_quantity(target.sae, quantity)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         rows = target.tile(x.shape[0] // len(target))

@@ -7,9 +7,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from cafe_core.blanks import make_blank
+from cafe_core.path_gradients import PointSet, path_gradients, path_groups, row_values
 from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction
 
-from .functions import latent_function, pre_activation_problem, to_attribution
+from .functions import check_quantity, latent_function, pre_activation_problem, to_attribution
 
 __all__ = ["IntegratedGradients", "latent_onset"]
 
@@ -18,7 +19,10 @@ class IntegratedGradients:
     """Heatmap of ``(x - x0) * integral_0^1 df/dx(x0 + a (x - x0)) da``, summed over channels and patches.
 
     ``f`` is the latent (``quantity="post"``) or its pre-activation (``quantity="pre"``) at the target
-    token, ``x0`` the blank image. Computed with :class:`captum.attr.IntegratedGradients`.
+    token, ``x0`` the blank image. What :class:`captum.attr.IntegratedGradients` computes, with Captum's
+    quadrature points and weights (the tests compare the two), through cafe's shared path gradients
+    (:func:`cafe_core.path_gradients.path_gradients`), so that latents of one image along the same path share
+    its forward passes.
 
     Parameters
     ----------
@@ -41,6 +45,9 @@ class IntegratedGradients:
         along the straight line from the blank to the image, for rows whose latent is off at the blank (found
         by bisection); ``"blank"``: at the blank, as Captum does. With ``quantity="pre"`` the path always
         starts at the blank.
+    batching : {"auto", "rows", "shared"}
+        How rows whose paths are identical (same image, blank and start) share work; every choice gives the
+        same maps (:func:`cafe_core.path_gradients.path_groups`).
 
     Notes
     -----
@@ -74,10 +81,15 @@ class IntegratedGradients:
     weights sum to ``(n_steps - 1) / n_steps``, so that rule leaves a delta of ``(f(x) - f(x0)) / n_steps``
     even for a linear ``f``.
 
-    **Cost.** ``n_steps`` forward and backward passes per row, packed so that no pass holds more than
-    ``context.batch_size`` images (Captum's ``internal_batch_size``), plus two forward passes per chunk of
-    rows for the values at the image and the blank, and 24 more for the onset when a row of the chunk is
-    off at the blank. No hook is installed and no parameter gradient is accumulated.
+    **Cost.** ``n_steps`` points per path, forwarded in passes of at most ``context.batch_size`` images; the
+    points of several rows are packed into one pass. Rows whose paths are identical share them: ``K`` latents
+    of one image cost ``n_steps`` forwards, not ``K * n_steps``, and their ``K * n_steps`` vector-Jacobian
+    products run as batched backward passes (each over at most ``context.batch_size`` images in all). That
+    is every row of an image with ``quantity="pre"`` or ``start="blank"``; from the onset, only rows with the
+    same onset (0 for a latent on at the blank or off at the image), since the others' paths differ. Add one
+    forward per distinct image and per distinct blank for the values at both ends, and 24 forward passes
+    per chunk of ``context.batch_size`` rows for the onset when a row of the chunk is off at the blank. No
+    hook is installed and no parameter gradient is accumulated.
     """
 
     needs_grad = True
@@ -91,6 +103,7 @@ class IntegratedGradients:
         blur_sigma: float | None = None,
         quantity: str = "post",
         start: str = "onset",
+        batching: str = "auto",
     ) -> None:
         self.n_steps = int(n_steps)
         self.method = method
@@ -98,6 +111,7 @@ class IntegratedGradients:
         self.blur_sigma = blur_sigma
         self.quantity = quantity
         self.start = start
+        self.batching = batching
 
     def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
         """Why ``quantity="pre"`` cannot explain the latents of ``saes`` (an SAE without pre-activations)."""
@@ -123,41 +137,69 @@ class IntegratedGradients:
             ``info["delta"]``, ``info["relative_delta"]``, ``info["value"]``, ``info["blank_value"]`` and
             ``info["onset"]``.
         """
-        from captum.attr import IntegratedGradients as CaptumIG
-
-        blank = make_blank(x.detach(), self.blank, self.blur_sigma)
-        attributions, values, blank_values, onsets = [], [], [], []
-        for rows in context.chunks(len(x)):
-            f = latent_function(target.select(rows), self.quantity)
-            inputs, start = x[rows].detach(), blank[rows].detach()
-            with torch.no_grad():
-                value, blank_value = f(inputs), f(start)
-            onset = torch.zeros_like(value)
-            if self.quantity == "post" and self.start == "onset":
-                onset = latent_onset(f, start, inputs, value, blank_value)
-                start = start + _rows(onset, start) * (inputs - start)
-            # Rows per internal pass = (batch_size // chunk rows) steps x chunk rows <= batch_size.
-            attribution = CaptumIG(f).attribute(
-                inputs,
-                baselines=start,
-                n_steps=self.n_steps,
-                method=self.method,
-                internal_batch_size=context.batch_size,
-            )
-            values.append(value)
-            blank_values.append(blank_value)
-            onsets.append(onset)
-            attributions.append(attribution.detach())
-        attributions = torch.cat(attributions)
-        value, blank_value = torch.cat(values), torch.cat(blank_values)
-        change = (value - blank_value).double()
-        delta = attributions.double().flatten(1).sum(1) - change  # summed in float64, as Captum does
-        change = change.abs()
-        relative = torch.where(change > 0, delta.abs() / change, torch.full_like(delta, float("nan")))
-        delta, relative = delta.to(attributions.dtype), relative.to(attributions.dtype)
-        info = {"delta": delta, "relative_delta": relative, "value": value, "blank_value": blank_value,
-                "onset": torch.cat(onsets)}
+        check_quantity(target.sae, self.quantity)
+        inputs = x.detach()
+        blank = make_blank(inputs, self.blank, self.blur_sigma).detach()
+        value = row_values(target, inputs, context, self.quantity)
+        blank_value = row_values(target, blank, context, self.quantity)
+        onset = torch.zeros_like(value)
+        if self.quantity == "post" and self.start == "onset":
+            onset = self._onsets(target, inputs, blank, value, blank_value, context)
+        start = blank + _rows(onset, blank) * (inputs - blank)
+        step_sizes, alphas = self._quadrature()
+        sets = [
+            _line(rows, inputs[rows[0] : rows[0] + 1], start[rows[0] : rows[0] + 1], step_sizes, alphas)
+            for rows in path_groups(target, torch.cat([inputs.flatten(1), start.flatten(1)], 1), self.batching)
+        ]
+        gradients = path_gradients(target, sets, context, quantity=self.quantity, like=inputs)
+        attributions = gradients * (inputs - start)
+        info = _completeness(attributions, value, blank_value)
+        info["onset"] = onset
         return to_attribution(attributions, target.backbone.patch_size, info)
+
+    def _quadrature(self) -> tuple[torch.Tensor, list[float]]:
+        """Captum's step sizes (as float32, as Captum weighs its gradients) and points of the path."""
+        from captum.attr._utils.approximation_methods import approximation_parameters
+
+        step_sizes, alphas = approximation_parameters(self.method)
+        return torch.tensor(step_sizes(self.n_steps)).float(), list(alphas(self.n_steps))
+
+    def _onsets(
+        self, target: TargetFunction, inputs: torch.Tensor, blank: torch.Tensor, value: torch.Tensor,
+        blank_value: torch.Tensor, context: RunContext,
+    ) -> torch.Tensor:
+        """``[B]`` :func:`latent_onset` of every row, ``context.batch_size`` rows at a time."""
+        onsets = []
+        for rows in context.chunks(len(inputs)):
+            f = latent_function(target.select(rows))
+            onsets.append(latent_onset(f, blank[rows], inputs[rows], value[rows], blank_value[rows]))
+        return torch.cat(onsets) if onsets else torch.zeros_like(value)
+
+
+def _line(
+    rows: torch.Tensor, end: torch.Tensor, start: torch.Tensor, step_sizes: torch.Tensor, alphas: list[float]
+) -> PointSet:
+    """The quadrature points ``start + a (end - start)`` of one path (``[1, 3, H, W]`` ends), weighted by step."""
+
+    def points(sl: slice) -> torch.Tensor:
+        return torch.cat([start + alpha * (end - start) for alpha in alphas[sl]])  # Captum's expression
+
+    def weights(sl: slice) -> torch.Tensor:
+        return step_sizes[sl].to(end.device).view(-1, *([1] * (end.dim() - 1)))
+
+    return PointSet(rows, len(alphas), points, weights)
+
+
+def _completeness(
+    attributions: torch.Tensor, value: torch.Tensor, blank_value: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``delta``, ``relative_delta``, ``value`` and ``blank_value`` of the rows (see the class's notes)."""
+    change = (value - blank_value).double()
+    delta = attributions.double().flatten(1).sum(1) - change  # summed in float64, as Captum does
+    change = change.abs()
+    relative = torch.where(change > 0, delta.abs() / change, torch.full_like(delta, float("nan")))
+    return {"delta": delta.to(attributions.dtype), "relative_delta": relative.to(attributions.dtype),
+            "value": value, "blank_value": blank_value}
 
 
 GRID_POINTS = 8

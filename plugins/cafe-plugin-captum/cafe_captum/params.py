@@ -6,7 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cafe_core.batching import Batching
+from cafe_core.batching import Batching, PathBatching
 from cafe_core.blank_names import Blank, BlurSigma
 from cafe_core.spec import renamed_key
 
@@ -50,6 +50,9 @@ class IntegratedGradientsParams(BaseModel):
         Where the path of ``quantity="post"`` starts: where the latent turns on along the line from the blank
         (``"onset"``, the default: the integrand is then smooth and the heatmap converges in few steps) or at
         the blank (``"blank"``, Captum's path, slow across the ReLU's kink).
+    batching : {"auto", "rows", "shared"}
+        How the latents of one image share the points of identical paths
+        (:func:`cafe_core.path_gradients.path_groups`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,6 +63,7 @@ class IntegratedGradientsParams(BaseModel):
     blur_sigma: BlurSigma | None = None
     quantity: Quantity = "post"
     start: PathStart = "onset"
+    batching: PathBatching = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -118,6 +122,8 @@ class GradientShapParams(BaseModel):
         ``baseline`` before; that key is still read, with a deprecation warning).
     blur_sigma : float or None
         Blur standard deviation in pixels for ``blank="blur"``.
+    batching : {"auto", "rows", "shared"}
+        How the latents of one image share its sampled points (:func:`cafe_core.path_gradients.path_groups`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -126,6 +132,7 @@ class GradientShapParams(BaseModel):
     stdevs: float = Field(0.0, ge=0)
     blank: Blank = "zeros"
     blur_sigma: BlurSigma | None = None
+    batching: PathBatching = "auto"
 
     @model_validator(mode="before")
     @classmethod
