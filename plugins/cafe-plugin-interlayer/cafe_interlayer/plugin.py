@@ -18,3 +18,13 @@ def cafe_register_commands(register):
         "cafe_interlayer.commands:InterlayerCommand",
         description="Interlayer attribution: `faithfulness` (insertion/deletion of source latents), `objects` (ground truth)",
     )
+
+
+@hookimpl
+def cafe_register_spec_tables(register):
+    """Register the ``[interlayer]`` table of a run spec."""
+    register(
+        "interlayer",
+        "cafe_interlayer.table:InterlayerSection",
+        description="Settings of `cafe graph` and `cafe interlayer` (target and source SAEs, attributors, pruning)",
+    )
