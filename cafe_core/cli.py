@@ -56,8 +56,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .resolve import resolve
     from .spec import load_spec
 
-    spec, base_dir = load_spec(args.spec)
     host = get_host()
+    spec, base_dir = load_spec(args.spec, host)
     if args.no_build:
         resolve(spec, host, base_dir)
     else:

@@ -206,3 +206,50 @@ def cafe_register_commands(register: Register) -> None:
             register("train-sae", "cafe_sae.training.command:TrainSAECommand",
                      description="Train an SAE on a backbone's activations")
     """
+
+
+@hookspec
+def cafe_register_spec_tables(register: Register) -> None:
+    """Register the top-level tables of a run spec that a plugin reads (settings of its own commands).
+
+    ``factory`` is the table's pydantic model (or lazy ``"module:Model"``), or any callable that takes the
+    table and returns it checked, raising ``ValueError``. The core accepts a registered table beside its own
+    sections and validates it with this model whenever it reads a spec (``cafe validate``, ``cafe run``), each
+    problem reported at its path (``interlayer.points``); any other unknown table stays an error. The
+    validated table is in :attr:`cafe_core.spec.RunSpec.tables`. A plugin's table is not part of the run: it
+    is left out of the canonical spec, so it is not stored in a run directory and adding or editing it never
+    stops a run from resuming. A table cannot take the name of a core section (``backbone``, ``run``...).
+
+    Example
+    -------
+    ::
+
+        class InterlayerSection(BaseModel):
+            share: float = 0.8
+
+        @hookimpl
+        def cafe_register_spec_tables(register):
+            register("interlayer", "cafe_interlayer.table:InterlayerSection",
+                     description="Settings of `cafe graph` and `cafe interlayer`")
+    """
+
+
+@hookspec
+def cafe_register_report_sections(register: Register) -> None:
+    """Register sections that ``cafe report`` (cafe-plugin-report) adds to a run's report.
+
+    ``factory`` is a callable (or lazy ``"module:function"``) taking a
+    :class:`cafe_report.extension.SectionContext` (the run directory, the report folder, the folders given
+    with ``cafe report --include``) and returning a :class:`cafe_report.extension.ReportSection` (anchor,
+    title, HTML) or ``None`` when it has nothing to show for this run. It is called on every report, after
+    the report's own sections; files it refers to go under the report folder. The core never calls it.
+
+    Example
+    -------
+    ::
+
+        @hookimpl
+        def cafe_register_report_sections(register):
+            register("concept_graphs", "cafe_interlayer.report_section:concept_graph_section",
+                     description="The concept graphs `cafe graph` wrote into the run directory")
+    """

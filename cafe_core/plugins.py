@@ -38,6 +38,8 @@ _HOOK_OF_KIND = {
     "dataset": "cafe_register_datasets",
     "executor": "cafe_register_executors",
     "command": "cafe_register_commands",
+    "spec_table": "cafe_register_spec_tables",
+    "report_section": "cafe_register_report_sections",
 }
 
 

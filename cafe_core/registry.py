@@ -18,7 +18,7 @@ from .errors import ComponentLoadError, DuplicateComponentError, UnknownComponen
 
 __all__ = ["KINDS", "Registration", "Registry"]
 
-KINDS = ("backbone", "sae", "attributor", "metric", "dataset", "executor", "command")
+KINDS = ("backbone", "sae", "attributor", "metric", "dataset", "executor", "command", "spec_table", "report_section")
 
 
 class _NoParams(BaseModel):

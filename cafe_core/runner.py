@@ -103,7 +103,7 @@ def run(
         When the executor gave a unit up; everything committed before stays, and the same call resumes.
     """
     host = host or get_host()
-    spec, base_dir = load_spec(spec)
+    spec, base_dir = load_spec(spec, host)
     if paranoid is not None:
         spec = spec.model_copy(update={"run": spec.run.model_copy(update={"paranoid": paranoid})})
     plan = build_plan(spec, host, base_dir)

@@ -15,9 +15,10 @@ import sys
 import warnings
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import SpecError, validation_problems
+from .spec_tables import check_tables, split_tables
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -205,7 +206,11 @@ class RunSection(BaseModel):
 
 
 class RunSpec(BaseModel):
-    """A whole run spec (see the README for the TOML form)."""
+    """A whole run spec (see the README for the TOML form).
+
+    The top-level tables plugins own (``[interlayer]``...) are not fields: :func:`load_spec` validates them
+    with their plugins' models and keeps them in :attr:`tables`, outside :meth:`canonical`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -216,6 +221,12 @@ class RunSpec(BaseModel):
     attributors: list[ComponentSpec] = Field(min_length=1)
     metrics: list[ComponentSpec] = Field(default_factory=list)
     run: RunSection = Field(default_factory=RunSection)
+    _tables: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def tables(self) -> dict[str, Any]:
+        """The plugin tables of the spec, by name, as their plugins' models validated them."""
+        return self._tables
 
     @model_validator(mode="before")
     @classmethod
@@ -239,7 +250,10 @@ class RunSpec(BaseModel):
         return self
 
     def canonical(self) -> dict[str, Any]:
-        """Plain data form (paths as strings), used to store and compare specs."""
+        """Plain data form (paths as strings), used to store and compare specs: the run's identity.
+
+        Plugin tables (:attr:`tables`) are left out: they set up other commands, not the run.
+        """
         return json.loads(self.model_dump_json())
 
 
@@ -291,12 +305,23 @@ def read_spec_source(source: dict[str, Any] | str | pathlib.Path) -> tuple[dict[
     )
 
 
-def load_spec(source: RunSpec | dict[str, Any] | str | pathlib.Path) -> tuple[RunSpec, pathlib.Path]:
+def load_spec(
+    source: RunSpec | dict[str, Any] | str | pathlib.Path, host: Any = None
+) -> tuple[RunSpec, pathlib.Path]:
     """Parse a spec from a TOML path, a dict or a :class:`RunSpec`.
+
+    Parameters
+    ----------
+    source : RunSpec, dict or path
+        The spec.
+    host : PluginHost, optional
+        The plugins whose registered tables a spec may hold besides the core's sections (default: every
+        installed plugin, loaded only when the spec has such a table).
 
     Returns
     -------
     spec : RunSpec
+        With the plugin tables validated in :attr:`RunSpec.tables`.
     base_dir : pathlib.Path
         Directory that relative paths in component params are taken from (the spec file's directory, or the
         working directory).
@@ -304,16 +329,31 @@ def load_spec(source: RunSpec | dict[str, Any] | str | pathlib.Path) -> tuple[Ru
     Raises
     ------
     SpecError
-        Listing every structural problem with its path in the spec.
+        Listing every structural problem with its path in the spec, those of plugin tables and unknown tables
+        included.
     """
     if isinstance(source, RunSpec):
         return source, pathlib.Path.cwd()
     raw, base_dir = read_spec_source(source)
+    core_names = [*RunSpec.model_fields, "data"]  # "data": the old name of "dataset"
+    core, tables = split_tables(raw, core_names)
+    problems: list[tuple[str, str]] = []
+    validated: dict[str, Any] = {}
+    if tables:
+        if host is None:
+            from .plugins import get_host
+
+            host = get_host()
+        validated, problems = check_tables(tables, host, RunSpec.model_fields)
     try:
-        return RunSpec.model_validate(raw), base_dir
+        spec = RunSpec.model_validate(core)
     except ValidationError as exc:
         single = [key for key in ("sae", "targets") if isinstance(raw.get(key), dict)]
-        raise SpecError([(_unindex(path, single), message) for path, message in validation_problems(exc)]) from None
+        problems = [(_unindex(path, single), message) for path, message in validation_problems(exc)] + problems
+    if problems:
+        raise SpecError(problems)
+    spec._tables = validated
+    return spec, base_dir
 
 
 def _unindex(path: str, single: list[str]) -> str:

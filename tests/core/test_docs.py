@@ -46,7 +46,7 @@ def test_contributing_attributor_example_passes_the_conformance_kit():
 def test_every_hook_is_documented_with_an_example_and_in_contributing():
     contributing = (ROOT / "CONTRIBUTING.md").read_text()
     hooks = [name for name in dir(hookspecs) if name.startswith("cafe_register_")]
-    assert len(hooks) == 7
+    assert len(hooks) == 9
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__
         assert doc and "Example" in doc and "register(" in doc, name
@@ -57,5 +57,5 @@ def test_every_hook_is_implemented_by_a_plugin_of_this_repository():
     from cafe_core.plugins import PluginHost
 
     host = PluginHost()
-    for kind in ("backbone", "sae", "attributor", "metric", "dataset", "executor"):
+    for kind in ("backbone", "sae", "attributor", "metric", "dataset", "executor", "spec_table", "report_section"):
         assert any(r.plugin != "core" for r in host.registry(kind)), kind  # the core's own do not count

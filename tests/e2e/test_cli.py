@@ -46,6 +46,28 @@ def test_run_then_show(spec_dict, tmp_path, capsys):
     assert len(csv_lines) == 1 + 10 * 2 * 2
 
 
+def test_a_plugin_table_is_accepted_and_checked_and_leaves_the_run_resumable(spec_dict, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.toml", spec_dict)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(run_dir), "--no-progress"]) == 0
+    stored = (run_dir / "spec.json").read_text()
+    capsys.readouterr()
+    with_table = tmp_path / "with_table.toml"
+    for table in ("share = 0.5\nmax_nodes = 4", "share = 0.25"):
+        with_table.write_text(spec.read_text() + f"[interlayer]\n{table}\n")
+        assert main(["validate", str(with_table)]) == 0
+        assert main(["run", str(with_table), "--out", str(run_dir), "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert "ok" in out and "units: 0 units done" in out
+        assert (run_dir / "spec.json").read_text() == stored
+    with_table.write_text(spec.read_text() + "[interlayer]\nshares = 0.5\n\n[interlayr]\nshare = 0.5\n")
+    assert main(["validate", str(with_table)]) == 1
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err and "  interlayer.shares: unknown key; remove it or check its spelling" in err
+    assert "  interlayr: unknown key: [interlayr] is neither a section of the run spec" in err
+    assert "Did you mean 'interlayer'?" in err
+
+
 def test_validate_reports_every_problem_on_one_line_each_without_traceback(spec_dict, tmp_path, capsys):
     spec_dict["attributors"].append({"name": "gradient_x_inputt"})
     spec_dict["metrics"][0]["steps"] = "x"

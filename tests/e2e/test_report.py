@@ -195,3 +195,46 @@ def test_sanity_checks_catch_the_attributor_that_ignores_the_model(full_run):
     cafe_core.report(results.directory, sanity_targets=2, random_directions=1, resamples=300, per_page=50,
                      device="cpu", progress=False)
     assert (index.parent / "sanity.json").stat().st_mtime_ns == written  # reused, not recomputed
+
+
+def _graph(latent):
+    """A concept graph as ``cafe graph`` stores it, with one source layer and one edge."""
+    return {
+        "top": {"latent": latent, "label": "layer1", "images": ["a.png"], "positions": [3]},
+        "attributor": "cp_lrp", "engine": "matplotlib", "figure": f"graph-layer1-{latent}.png",
+        "layers": [{"label": "layer0", "layer": 0, "parents": 1, "kept": 1, "kept_share": 0.9, "capped": False,
+                    "positive_latent_relevance": 0.9, "error": 0.05, "bias": 0.02, "uncovered": 0.0,
+                    "absorbed": 0.03}],
+        "edges": [{"source": f"layer1:{latent}", "target": "layer0:7", "weight": 0.875}],
+    }
+
+
+def _write_graphs(folder, latent):
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((4, 4, 3), latent, dtype=np.uint8)).save(folder / f"graph-layer1-{latent}.png")
+    (folder / "graphs.json").write_text(json.dumps({"images": 5, "graphs": [_graph(latent)]}))
+
+
+def test_concept_graphs_of_the_run_directory_and_included_folders_are_drawn_in_the_report(full_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_run[0].directory, run_dir, ignore=shutil.ignore_patterns("report"))
+    _write_graphs(run_dir / "graphs", 11)
+    _write_graphs(tmp_path / "other", 22)
+    report = _report(run_dir, "--include", str(tmp_path / "other"), "--sanity-targets", "0", "--max-targets", "1")
+    index = (report / "index.html").read_text()
+    assert '<h2 id="concept-graphs">Concept graphs</h2>' in index
+    assert index.index('id="sanity"') < index.index('id="concept-graphs"') < index.index('id="targets"')
+    targets_page = (report / "targets-001.html").read_text()
+    assert '<a href="index.html#concept-graphs">Concept graphs</a>' in index and "#concept-graphs" in targets_page
+    for folder, latent in (("1-graphs", 11), ("2-other", 22)):
+        src = f"concept-graphs/{folder}/graph-layer1-{latent}.png"
+        assert f'src="{src}"' in index
+        assert np.asarray(Image.open(report / src)).max() == latent
+        assert f"layer1:{latent}" in index
+    assert "+0.875" in index
+
+    shutil.rmtree(run_dir / "graphs")
+    index = (_report(run_dir, "--sanity-targets", "0", "--max-targets", "1") / "index.html").read_text()
+    assert "concept-graphs" not in index and not (report / "concept-graphs").exists()

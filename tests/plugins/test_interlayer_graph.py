@@ -112,3 +112,39 @@ def test_thumbnails_dim_silent_patches_and_outline_the_fired_one():
     assert out[1, 1] == pytest.approx([0.8, 0.8, 0.8])        # where it fires: the image itself
     assert out[2, 5] == pytest.approx([0.2, 0.2, 0.2])        # silent: a quarter of the brightness
     assert not np.allclose(out[4, 4], 0.2)                    # the fired patch's outline
+
+
+def _graph_folder(folder, graph, latent):
+    """A folder as ``cafe graph`` writes it: the figure and ``graphs.json``, for one graph."""
+    graph = {**graph, "top": {**graph["top"], "latent": latent}, "engine": "matplotlib",
+             "figure": f"graph-layer3-{latent}.png"}
+    folder.mkdir(parents=True)
+    draw_graph(graph, {}, folder / graph["figure"], engine="matplotlib", title="t")
+    (folder / "graphs.json").write_text(json.dumps({"images": 6, "graphs": [graph]}))
+    return graph
+
+
+def test_the_report_section_shows_the_graphs_of_the_run_directory_and_of_included_folders(toy_graph, tmp_path):
+    from cafe_interlayer.report_section import concept_graph_section
+    from cafe_report.extension import SectionContext
+
+    run_dir, out = tmp_path / "run", tmp_path / "run" / "report"
+    inside = _graph_folder(run_dir / "graphs", toy_graph, 101)
+    outside = _graph_folder(tmp_path / "elsewhere", toy_graph, 202)
+    section = concept_graph_section(SectionContext(run_dir, out, [tmp_path / "elsewhere"]))
+    assert section.anchor == "concept-graphs"
+    html = section.html
+    assert html.index("<code>graphs</code>") < html.index(f"<code>{tmp_path / 'elsewhere'}</code>")
+    for k, graph, folder in ((1, inside, "graphs"), (2, outside, "elsewhere")):
+        copied = f"concept-graphs/{k}-{folder}/{graph['figure']}"
+        assert f'src="{copied}"' in html and (out / copied).read_bytes() == (
+            (run_dir / "graphs" if k == 1 else tmp_path / "elsewhere") / graph["figure"]).read_bytes()
+        assert f"Latent {graph['top']['latent']} of layer3" in html
+    heaviest = max(toy_graph["edges"], key=lambda e: abs(e["weight"]))
+    assert f"{heaviest['weight']:+.3f}" in html
+
+    (tmp_path / "elsewhere" / "graphs.json").unlink()
+    section = concept_graph_section(SectionContext(run_dir, out, [tmp_path / "elsewhere"]))
+    assert "Latent 202" not in section.html and not (out / "concept-graphs" / "2-elsewhere").exists()
+    (run_dir / "graphs" / "graphs.json").unlink()
+    assert concept_graph_section(SectionContext(run_dir, out, [])) is None

@@ -42,11 +42,11 @@ points = 11
 """
 
 
-def test_the_table_is_taken_out_of_the_spec_and_checked(tmp_path):
+def test_the_table_is_read_with_the_spec_and_checked_at_its_paths(tmp_path):
     path = tmp_path / "spec.toml"
     path.write_text(SPEC)
-    raw, base_dir, section = read_interlayer_spec(path)
-    assert "interlayer" not in raw and raw["backbone"] == {"name": "toy_vit"}
+    spec, base_dir, section = read_interlayer_spec(path)
+    assert spec.backbone == ComponentSpec(name="toy_vit") and "interlayer" not in spec.canonical()
     assert base_dir == tmp_path.resolve()
     assert section.source == [0] and section.points == 11 and section.error == "keep"
     path.write_text(SPEC.replace("points = 11", "points = 1\nshares = 0.5\nattributors = [\"ig\"]"))
@@ -57,9 +57,11 @@ def test_the_table_is_taken_out_of_the_spec_and_checked(tmp_path):
     assert "integrated_gradients" in str(caught.value)
 
 
-def test_a_spec_without_the_table_gets_the_defaults():
-    raw, _, section = read_interlayer_spec({"backbone": {"name": "toy_vit"}})
-    assert section == InterlayerSection() and raw == {"backbone": {"name": "toy_vit"}}
+def test_a_spec_without_the_table_gets_the_defaults(tmp_path):
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC[: SPEC.index("[interlayer]")])
+    spec, _, section = read_interlayer_spec(path)
+    assert section == InterlayerSection() and spec.tables == {}
 
 
 def _plan(*saes):

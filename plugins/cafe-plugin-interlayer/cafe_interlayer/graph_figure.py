@@ -41,7 +41,12 @@ def _visible_edges(graph: dict[str, Any], floor: float) -> list[dict[str, Any]]:
 
 
 def dot_source(graph: dict[str, Any], thumbnails: dict[str, str], floor: float = 0.02) -> str:
-    """The graph in graphviz's DOT language; ``thumbnails`` maps node ids to image paths (relative to the file)."""
+    """The graph in graphviz's DOT language; ``thumbnails`` maps node ids to image paths (relative to the file).
+
+    One row (``rank=same``) per layer; a node with a thumbnail shows it above its label. Each edge is as wide
+    as its weight (``penwidth`` from 0.4 to 5.4 for the heaviest), red or blue by its sign, with the weight as
+    its ``tooltip``; edges lighter than ``floor`` times the heaviest are left out.
+    """
     largest = max((abs(e["weight"]) for e in graph["edges"]), default=1.0) or 1.0
     lines = ["digraph concepts {", "  rankdir=TB; nodesep=0.25; ranksep=0.6;",
              '  node [shape=box, fontsize=9, fontname="Helvetica"]; edge [arrowsize=0.5];']
@@ -61,7 +66,8 @@ def dot_source(graph: dict[str, Any], thumbnails: dict[str, str], floor: float =
     for edge in _visible_edges(graph, floor):
         width = 0.4 + 5 * abs(edge["weight"]) / largest
         colour = _POSITIVE if edge["weight"] > 0 else _NEGATIVE
-        lines.append(f'  "{edge["source"]}" -> "{edge["target"]}" [penwidth={width:.2f}, color="{colour}"];')
+        lines.append(f'  "{edge["source"]}" -> "{edge["target"]}" [penwidth={width:.2f}, color="{colour}", '
+                     f'tooltip="{edge["weight"]:+.4f}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

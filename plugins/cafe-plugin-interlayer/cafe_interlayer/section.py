@@ -1,10 +1,10 @@
 """The ``[interlayer]`` table of a run spec, and the spec's model, SAEs and methods it selects.
 
-The core's run spec has no ``[interlayer]`` section (it refuses unknown tables), so the interlayer commands
-read the TOML themselves, take the table out, check it with :class:`InterlayerSection`, and hand the rest to
-the core's resolver, which builds and checks everything else as ``cafe validate`` does. A spec with an
-``[interlayer]`` table is therefore for ``cafe graph`` and ``cafe interlayer``; ``cafe run`` refuses it.
-Command-line options override the table's keys.
+The plugin registers ``[interlayer]`` as a table of the run spec (hook ``cafe_register_spec_tables``), so
+the core reads it with the rest of the spec and checks it with :class:`~cafe_interlayer.table.InterlayerSection`
+(``cafe validate`` reports its problems at their paths, ``interlayer.points``...). ``cafe run`` accepts and
+ignores it: the table is not part of a run's identity. The interlayer commands build everything else with
+the core's resolver, as ``cafe validate`` does. Command-line options override the table's keys.
 
 ```toml
 [interlayer]
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from cafe_core.errors import SpecError, validation_problems
 
@@ -33,77 +33,40 @@ from .errors import InterlayerError
 from .graph import Level
 from .methods import COUNTERPARTS, METHODS, build_method
 from .splice import Source, splice_problem
+from .table import InterlayerSection, MethodEntry, SaeRef
 
 __all__ = ["InterlayerPlan", "InterlayerSection", "MethodEntry", "prepare_interlayer", "read_interlayer_spec"]
 
-SaeRef = Union[int, str]
+TABLE = "interlayer"
+"""The name of the table in a run spec."""
 
 
-class MethodEntry(BaseModel):
-    """An interlayer attributor: ``name``, optional ``label``, and its params as extra keys."""
+def read_interlayer_spec(source: Any, host: Any = None) -> tuple[Any, pathlib.Path, InterlayerSection]:
+    """Read a spec (TOML path or dict) with the core's reader: the run spec, its base folder and the table.
 
-    model_config = ConfigDict(extra="allow")
+    Parameters
+    ----------
+    source : path or dict
+        The spec.
+    host : PluginHost, optional
+        The plugins (every installed one by default); the interlayer plugin registers the table.
 
-    name: str
-    label: str | None = None
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """Everything but ``name`` and ``label``."""
-        return dict(self.model_extra or {})
-
-
-class InterlayerSection(BaseModel):
-    """The ``[interlayer]`` table (see the module's description for every key)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: SaeRef | None = None
-    source: SaeRef | list[SaeRef] | None = None
-    attributors: list[Union[str, MethodEntry]] | None = None
-    error: Literal["keep", "drop"] = "keep"
-    unit: Literal["pair", "latent"] = "pair"
-    points: int = Field(21, ge=2)
-    clip: bool = True
-    share: float = Field(0.8, gt=0, le=1)
-    max_nodes: int | None = Field(12, ge=1)
-
-    @field_validator("attributors")
-    @classmethod
-    def _known(cls, value: list[Union[str, MethodEntry]] | None) -> list[MethodEntry] | None:
-        if value is None:
-            return None
-        entries = [MethodEntry(name=v) if isinstance(v, str) else v for v in value]
-        unknown = [e.name for e in entries if e.name not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown interlayer attributors {unknown}; available: {', '.join(METHODS)}")
-        labels = [e.label or e.name for e in entries]
-        repeated = sorted({x for x in labels if labels.count(x) > 1})
-        if repeated:
-            raise ValueError(f"attributors {repeated} appear more than once; give each a distinct `label`")
-        if not entries:
-            raise ValueError("name at least one attributor")
-        return entries
-
-
-def read_interlayer_spec(source: Any) -> tuple[dict[str, Any], pathlib.Path, InterlayerSection]:
-    """Split a spec (TOML path or dict) into the core's part, its base folder and the ``[interlayer]`` table.
+    Returns
+    -------
+    spec : cafe_core.spec.RunSpec
+    base_dir : pathlib.Path
+    section : InterlayerSection
+        The ``[interlayer]`` table, or its defaults when the spec has none.
 
     Raises
     ------
     cafe_core.errors.SpecError
-        Listing every problem of the table, each with its path (``interlayer.points``...).
+        Listing every problem of the spec, those of the table at their paths (``interlayer.points``...).
     """
-    from cafe_core.spec import read_spec_source
+    from cafe_core.spec import load_spec
 
-    raw, base_dir = read_spec_source(source)
-    raw = dict(raw)
-    table = raw.pop("interlayer", {})
-    try:
-        section = InterlayerSection.model_validate(table)
-    except ValidationError as exc:
-        raise SpecError(validation_problems(exc, "interlayer")) from None
-    return raw, base_dir, section
+    spec, base_dir = load_spec(source, host)
+    return spec, base_dir, spec.tables.get(TABLE, InterlayerSection())
 
 
 @dataclass
@@ -228,14 +191,14 @@ def prepare_interlayer(spec: Any, base_dir: pathlib.Path | None = None, device: 
     """
     from cafe_report.rebuild import prepare_spec
 
-    raw, spec_dir, section = read_interlayer_spec(spec)
+    loaded, spec_dir, section = read_interlayer_spec(spec, host)
     updates = {k: v for k, v in (overrides or {}).items() if v is not None}
     if updates:
         try:
             section = InterlayerSection.model_validate({**section.model_dump(exclude_unset=True), **updates})
         except ValidationError as exc:
-            raise SpecError(validation_problems(exc, "interlayer")) from None
-    plan = prepare_spec(raw, base_dir or spec_dir, device, host=host)
+            raise SpecError(validation_problems(exc, TABLE)) from None
+    plan = prepare_spec(loaded, base_dir or spec_dir, device, host=host)
     target, sources = choose_levels(plan, section)
     methods = choose_methods(plan, section)
     problems = [f"{label}: {p}" for label, method in methods.items()

@@ -39,6 +39,9 @@ class ReportCommand:
                             help="targets the sanity checks recompute; 0 skips them (default 8)")
         parser.add_argument("--random-directions", type=at_least_one, default=3,
                             help="random directions per target in the random-direction control (default 3)")
+        parser.add_argument("--include", type=pathlib.Path, action="append", default=[], metavar="DIR",
+                            help="output of another command kept outside the run directory, drawn in the report "
+                                 "by the plugin that reads it (e.g. a `cafe graph --out DIR` folder); repeatable")
         _common(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -48,6 +51,7 @@ class ReportCommand:
             per_page=args.per_page, reference=args.reference, seed=args.seed, resamples=args.resamples,
             cause_share=args.cause_share, sanity_targets=args.sanity_targets,
             random_directions=args.random_directions, progress=False if args.no_progress else None,
+            include=args.include,
         )
         print(f"report: {index}")
         return 0

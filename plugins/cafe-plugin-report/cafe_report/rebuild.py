@@ -57,7 +57,7 @@ def prepare_spec(spec: Any, base_dir: pathlib.Path | None = None, device: str | 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # a run stored before a spec key was renamed
-        loaded, spec_dir = load_spec(spec)
+        loaded, spec_dir = load_spec(spec, host)
     if device is not None:
         loaded = loaded.model_copy(update={"run": loaded.run.model_copy(update={"device": device})})
     torch.manual_seed(loaded.run.seed)  # as a run does, so randomly initialised components are the same

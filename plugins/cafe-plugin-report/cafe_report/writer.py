@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from cafe_core.results import heatmap_diagnostics
 
 from . import markup
 from .cache import FigureCache, code_version, digest
+from .extension import ReportSection, SectionContext, plugin_sections
 from .figures import summary_figure
 from .jsonable import finite
 from .locality import fired_cells, measure_locality
@@ -61,7 +62,11 @@ class ReportOptions:
     progress : bool, optional
         Show a progress bar (default: when stderr is a terminal).
     host : PluginHost, optional
-        The plugins the run's spec is rebuilt with (default: every installed plugin).
+        The plugins the run's spec is rebuilt with, and whose registered report sections are added (default:
+        every installed plugin).
+    include : list of pathlib.Path
+        Folders of other commands' output kept outside the run directory, handed to the plugins' sections
+        (``cafe graph --out DIR``: its concept graphs are drawn in the report).
     """
 
     out: pathlib.Path | None = None
@@ -77,6 +82,7 @@ class ReportOptions:
     random_directions: int = 3
     progress: bool | None = None
     host: Any = None
+    include: list[pathlib.Path] = field(default_factory=list)
 
 
 def write_report(run_dir: str | pathlib.Path, options: ReportOptions | None = None, **overrides: Any) -> pathlib.Path:
@@ -125,6 +131,7 @@ class _ReportBuilder:
         self.sections = TargetSections(data, figures, self.activation_labels, options.cause_share)
         self.cause_share, self.cause_top_k = self.sections.cause_share, self.sections.cause_top_k
         self.first_look: str | None = None
+        self.extra: list[ReportSection] = []
 
     # -- the whole report -------------------------------------------------------------------------------
 
@@ -133,6 +140,9 @@ class _ReportBuilder:
         plan = prepare_spec(data.raw_spec, self.options.base_dir, self.options.device,
                             self.options.host) if data.explained else None
         heatmaps = stored_heatmaps(data.directory)
+        self.extra = plugin_sections(SectionContext(data.directory, self.out, [pathlib.Path(p) for p in
+                                                                              self.options.include]),
+                                     self.options.host)
         locality = self._locality(plan, heatmaps) if plan is not None else {}
         sanity = self._sanity(plan, heatmaps) if plan is not None and self.options.sanity_targets > 0 else None
         pages = self._target_pages(plan, shown, heatmaps, locality)
@@ -222,7 +232,7 @@ class _ReportBuilder:
                 body = (f"<h1>Targets {p * per_page + 1}–{p * per_page + len(chunk)} of {len(shown)}</h1>"
                         + legend() + markup.pager(names, p) + "\n".join(sections) + markup.pager(names, p))
                 markup.write_page(self.out / names[p], markup.page(f"cafe report: targets (page {p + 1})", body,
-                                                               nav=_nav()))
+                                                               nav=_nav(self.extra)))
         return names
 
     def _images(self, plan: Any, shown: list[TargetRecord]) -> dict[str, np.ndarray]:
@@ -256,10 +266,11 @@ class _ReportBuilder:
             diagnostics_section(heatmap_diagnostics(data.heatmap_info)),
             locality_section(data, locality, self.cause_share, self.cause_top_k),
             sanity_section(sanity, self.options.sanity_targets),
+            *(section.render() for section in self.extra),
             self._targets_section(pages, shown),
         ]
         markup.write_page(self.out / "index.html", markup.page(f"cafe report: {data.directory.name}", "\n".join(parts),
-                                                          nav=_nav()))
+                                                          nav=_nav(self.extra)))
 
     def _overview(self, n_shown: int) -> str:
         data, spec = self.data, self.data.spec
@@ -311,7 +322,8 @@ def _rule(rule: Any) -> str:
     return f"{what} at {rule.token}"
 
 
-def _nav() -> str:
+def _nav(extra: list[ReportSection]) -> str:
+    added = "".join(f'<a href="index.html#{markup.escape(s.anchor)}">{markup.escape(s.title)}</a>' for s in extra)
     return ('<nav><a href="index.html#summary">Summary</a><a href="index.html#differences">Against the reference</a>'
             '<a href="index.html#locality">Locality</a><a href="index.html#sanity">Sanity checks</a>'
-            '<a href="index.html#targets">Targets</a></nav>')
+            f'{added}<a href="index.html#targets">Targets</a></nav>')
