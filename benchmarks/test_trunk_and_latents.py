@@ -63,11 +63,11 @@ PATH_PARAMS = {
 
 
 @pytest.mark.parametrize("mode", ["looped", "one call"])
+@pytest.mark.parametrize("model", ["toy", "vit_small"])
 @pytest.mark.parametrize(
-    "model, method",
-    [("toy", "occlusion"), ("toy", "saliency"), ("toy", "input_x_gradient"),
-     ("toy", "integrated_gradients_blank"), ("toy", "integrated_gradients_onset"), ("toy", "gradient_shap"),
-     ("vit_small", "saliency"), ("vit_small", "input_x_gradient")],
+    "method",
+    ["occlusion", "saliency", "input_x_gradient", "integrated_gradients_blank", "integrated_gradients_onset",
+     "gradient_shap"],
 )
 def test_32_latents_of_one_image_other_methods(benchmark, host, setups, model, method, mode):
     """K = 32 latents of one image for the methods whose one call shares its forwards: 32 calls or one."""

@@ -30,7 +30,8 @@ class TargetFunction:
     layer : int
         Block whose output the SAE reads.
     latents, positions : torch.Tensor
-        Long tensors ``[B]``.
+        Long tensors ``[B]``, kept on the CPU whatever device they come from (row bookkeeping mixes them
+        with CPU masks; the functions move them to the activations' device where they index them).
     """
 
     def __init__(
@@ -44,8 +45,8 @@ class TargetFunction:
         self.backbone = backbone
         self.sae = sae
         self.layer = int(layer)
-        self.latents = torch.as_tensor(latents, dtype=torch.long).reshape(-1)
-        self.positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        self.latents = torch.as_tensor(latents, dtype=torch.long).reshape(-1).cpu()
+        self.positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1).cpu()
         if self.latents.shape != self.positions.shape:
             raise ValueError(
                 f"latents and positions must have the same length, got {len(self.latents)} and "
@@ -91,7 +92,7 @@ class TargetFunction:
     def select(self, index: torch.Tensor | Sequence[int] | slice) -> "TargetFunction":
         """The function restricted to some rows (``index`` may live on any device)."""
         if isinstance(index, torch.Tensor):
-            index = index.to(self.latents.device)
+            index = index.cpu()
         return TargetFunction(self.backbone, self.sae, self.layer, self.latents[index], self.positions[index])
 
     def tile(self, copies: int) -> "TargetFunction":

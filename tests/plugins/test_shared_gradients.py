@@ -163,8 +163,13 @@ def test_auto_shares_from_two_rows_on_a_large_layer_and_from_many_on_a_small_one
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("batching", BATCHING)
-def test_every_batching_on_cuda_matches_the_cpu(setting, batching):
+def test_every_batching_on_cuda_matches_the_cpu(setting, batching, monkeypatch):
     from cafe_sae import ReluSAE
+
+    # cuDNN convolves in TensorFloat-32 by default (10-bit mantissa): the patch embedding alone then moves the
+    # gradients by about 1e-4. The batching, not the number format, is under test here.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
     backbone, _, x, latents, positions = setting
     sae = ReluSAE.random_init(WIDTH, 96, seed=0, layer=1, tokens="all")
