@@ -12,9 +12,11 @@ uses both facts:
   the unit cotangents (the token's Jacobian, ``D`` its width) are computed once, and each latent's gradient
   is its cotangent times that Jacobian. This beats ``"shared"`` when more than about ``D`` latents of one
   image are read at the same token.
-* ``"auto"``: ``"rows"`` for images with fewer rows in the batch than :func:`shared_from` says, ``"shared"``
-  for the others, and the Jacobian for a token that more than :data:`JACOBIAN_FROM` times ``D`` of an image's
-  rows read.
+* ``"auto"``: on a CPU, ``"rows"`` for images with fewer rows in the batch than :func:`shared_from` says,
+  ``"shared"`` for the others, and the Jacobian for a token that more than :data:`JACOBIAN_FROM` times ``D``
+  of an image's rows read. On a GPU, ``"rows"``: there a batch of repeated images runs at the device's
+  throughput while the batched backward pass of ``"shared"`` costs about 3x as much per latent (measured on
+  an H200, benchmarks/README.md).
 
 All strategies return the same numbers up to floating-point rounding. Rows whose cotangent is zero (an
 inactive ReLU latent) need no backward pass and get a zero gradient.
@@ -136,8 +138,13 @@ def frozen(*modules: object) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def shared_from(target: TargetFunction) -> int:
-    """Rows of one image from which ``"auto"`` batching shares its forward pass (see :data:`LARGE_ACTIVATION`)."""
+def shared_from(target: TargetFunction, device: torch.device | None = None) -> int | float:
+    """Rows of one image from which ``"auto"`` batching shares its forward pass (see :data:`LARGE_ACTIVATION`).
+
+    Infinite on a CUDA ``device``, where repeating the image is faster for any number of rows.
+    """
+    if device is not None and device.type == "cuda":
+        return float("inf")
     gh, gw = layer_grid(target.backbone, target.layer)
     elements = (len(target.backbone.prefix_tokens) + gh * gw) * layer_width(target.backbone, target.layer)
     return 2 if elements >= LARGE_ACTIVATION else SMALL_MODEL_SHARED_FROM
@@ -308,7 +315,7 @@ def input_gradients(
         alone = torch.ones(len(x), dtype=torch.bool)
     else:
         first, group = identical_rows(x)
-        least = shared_from(target) if batching == "auto" else 1
+        least = shared_from(target, x.device) if batching == "auto" else 1
         alone = torch.bincount(group, minlength=len(first))[group] < least
     if batching == "auto":
         jacobian_from: float | None = JACOBIAN_FROM

@@ -158,6 +158,9 @@ def test_auto_shares_from_two_rows_on_a_large_layer_and_from_many_on_a_small_one
     assert 197 * 384 >= LARGE_ACTIVATION > 17 * 32
     assert shared_from(TargetFunction(vit_small, _sae(), 0, [0], [0])) == 2
     assert shared_from(TargetFunction(tiny, _sae(), 1, [0], [0])) == SMALL_MODEL_SHARED_FROM > 3
+    # On a GPU a batch of repeated images beats the batched backward at any size: never shared.
+    assert shared_from(TargetFunction(vit_small, _sae(), 0, [0], [0]), torch.device("cuda")) == float("inf")
+    assert shared_from(TargetFunction(vit_small, _sae(), 0, [0], [0]), torch.device("cpu")) == 2
 
 
 @pytest.mark.gpu
