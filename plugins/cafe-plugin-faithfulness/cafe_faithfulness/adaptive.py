@@ -92,7 +92,7 @@ def adaptive_points(
     evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     scored: Callable[[torch.Tensor], torch.Tensor],
     n_rows: int,
-    fractions: torch.Tensor,
+    counts: torch.Tensor,
     initial_stride: int,
     tolerance: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,8 +108,9 @@ def adaptive_points(
         values ``[B, S]`` (which hold NaN at points not yet evaluated; both ends are always evaluated).
     n_rows : int
         ``B``.
-    fractions : torch.Tensor
-        ``[S]`` the grid's x-axis.
+    counts : torch.Tensor
+        ``[S]`` increasing integers from 0: the patches changed at each point of the grid; the x-axis is
+        ``counts / counts[-1]``.
     initial_stride : int
         Spacing, in grid points, of the first round.
     tolerance : float
@@ -124,8 +125,8 @@ def adaptive_points(
     bound : torch.Tensor
         ``[B]`` the sum of the row's interval bounds on the scored curve (NaN where the curve is NaN).
     """
-    s = len(fractions)
-    known = torch.zeros(n_rows, s, dtype=torch.bool, device=fractions.device)
+    s = len(counts)
+    known = torch.zeros(n_rows, s, dtype=torch.bool, device=counts.device)
     known[:, ::initial_stride] = True
     known[:, -1] = True
     values: torch.Tensor | None = None
@@ -135,9 +136,10 @@ def adaptive_points(
         z = evaluate(rows, indices)
         if values is None:
             dtype = torch.promote_types(z.dtype, torch.float32)
-            values = torch.full((n_rows, s), torch.nan, dtype=dtype, device=fractions.device)
+            values = torch.full((n_rows, s), torch.nan, dtype=dtype, device=counts.device)
+            fractions = counts.to(dtype) / counts[-1]
         values[rows, indices] = z.to(values.device)
-        bounds = interval_bounds(scored(values), known, fractions.to(values.dtype))
+        bounds = interval_bounds(scored(values), known, fractions)
         new = _bisections(bounds, known, tolerance)
         known = known | new
     return values, known, bounds.sum(dim=1)

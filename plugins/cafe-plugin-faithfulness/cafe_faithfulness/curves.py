@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -222,14 +222,13 @@ class PatchCurve:
         def latents(rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
             return self._latents(target, x, blank, rank_of[rows] < counts[points, None], rows, context)
 
-        fractions = counts.double() / n_patches
         if self.resolution == "adaptive":
-            return self._adaptive(latents, len(x), fractions)
+            return self._adaptive(latents, len(x), counts)
         b, s = len(x), len(counts)
         rows = torch.arange(b, device=x.device).repeat_interleave(s)
         full_z, raw = self._normalised(latents(rows, torch.arange(s, device=x.device).repeat(b)).reshape(b, s))
         scored = self._scored(raw)
-        fractions = fractions.to(raw.dtype)
+        fractions = counts.to(raw.dtype) / n_patches
         return MetricResult(
             score=torch.trapezoid(scored, fractions, dim=1),
             curve=scored,
@@ -238,18 +237,20 @@ class PatchCurve:
             info={"full_z": full_z, "raw_auc": torch.trapezoid(raw, fractions, dim=1)},
         )
 
-    def _adaptive(self, latents: Any, b: int, fractions: torch.Tensor) -> MetricResult:
+    def _adaptive(
+        self, latents: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], b: int, counts: torch.Tensor
+    ) -> MetricResult:
         """The result of ``resolution="adaptive"`` (see :func:`cafe_faithfulness.adaptive.adaptive_points`)."""
         values, known, bound = adaptive_points(
             latents,
             lambda v: self._scored(self._normalised(v)[1]),
             b,
-            fractions,
+            counts,
             self.initial_stride,
             self.tolerance,
         )
         full_z, raw = self._normalised(values)
-        fractions = fractions.to(raw.dtype)
+        fractions = counts.to(raw.dtype) / counts[-1]
         scored = interpolate(self._scored(raw), known, fractions)
         raw = interpolate(raw, known, fractions)
         return MetricResult(

@@ -22,6 +22,12 @@ class SymmetricRelevanceGain:
     those of the ``insertion`` metric with the same params (see :class:`cafe_faithfulness.curves.PatchCurve`),
     the LeRF one ranking the negated heatmap (ties keep row-major order in both).
 
+    Parameters
+    ----------
+    **params
+        Those of :class:`~cafe_faithfulness.curves.Insertion` (``steps``, ``blank``, ``blur_sigma``, ``clip``,
+        ``resolution``, ``tolerance``, ``initial_stride``).
+
     Notes
     -----
     ``curve`` is the MoRF curve minus the LeRF curve over ``fractions``; ``info["morf_auc"]``,
@@ -34,26 +40,9 @@ class SymmetricRelevanceGain:
     higher_is_better = True
     ranking_based = True
 
-    def __init__(
-        self,
-        steps: int = 1,
-        blank: str = "zeros",
-        blur_sigma: float | None = None,
-        clip: bool = True,
-        resolution: str = "full",
-        tolerance: float = 0.01,
-        initial_stride: int = 8,
-    ) -> None:
-        self.insertion = Insertion(
-            steps=steps,
-            blank=blank,
-            blur_sigma=blur_sigma,
-            clip=clip,
-            resolution=resolution,
-            tolerance=tolerance,
-            initial_stride=initial_stride,
-        )
-        self.score_range = (-1.0, 1.0) if clip else None
+    def __init__(self, **params: Any) -> None:
+        self.insertion = Insertion(**params)
+        self.score_range = (-1.0, 1.0) if self.insertion.clip else None
 
     def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
         """The problems of the insertion metric it is built on."""
