@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -14,7 +14,18 @@ from cafe_core.protocols import Backbone, MetricResult, RunContext, TargetFuncti
 from cafe_core.gradients import identical_rows
 from cafe_core.shared_forward import latents_on_shared_images
 
-__all__ = ["Deletion", "Insertion", "PatchCurve", "curve_counts", "distinct_composites", "ranked_masks"]
+from .adaptive import adaptive_points, interpolate
+
+__all__ = [
+    "Deletion",
+    "Insertion",
+    "PatchCurve",
+    "composites_of_points",
+    "curve_counts",
+    "distinct_composites",
+    "patch_ranks",
+    "ranked_masks",
+]
 
 
 def curve_counts(n_patches: int, steps: int) -> list[int]:
@@ -41,11 +52,18 @@ def ranked_masks(heatmap: torch.Tensor, counts: list[int]) -> torch.Tensor:
         Boolean ``[B, S, gh, gw]``.
     """
     b, gh, gw = heatmap.shape
+    rank_of = patch_ranks(heatmap)
+    limits = torch.as_tensor(counts, device=rank_of.device)
+    return (rank_of[:, None, :] < limits[None, :, None]).reshape(b, len(counts), gh, gw)
+
+
+def patch_ranks(heatmap: torch.Tensor) -> torch.Tensor:
+    """Rank of every patch in the heatmap's order (0 the most relevant): ``[B, gh * gw]`` from ``[B, gh, gw]``."""
+    b, gh, gw = heatmap.shape
     order = rank_patches(heatmap)
     rank_of = torch.empty_like(order)
     rank_of.scatter_(1, order, torch.arange(gh * gw, device=order.device).expand(b, -1))
-    limits = torch.as_tensor(counts, device=order.device)
-    return (rank_of[:, None, :] < limits[None, :, None]).reshape(b, len(counts), gh, gw)
+    return rank_of
 
 
 def distinct_composites(x: torch.Tensor, masks: torch.Tensor, n_points: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -73,8 +91,16 @@ def distinct_composites(x: torch.Tensor, masks: torch.Tensor, n_points: int) -> 
     of_point : torch.Tensor
         ``[B * n_points]`` the composite each point shows.
     """
+    return composites_of_points(x, masks, torch.arange(len(x), device=x.device).repeat_interleave(n_points))
+
+
+def composites_of_points(
+    x: torch.Tensor, masks: torch.Tensor, row_of_point: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`distinct_composites` for points in any order: point ``p`` changes ``masks[p]`` of row
+    ``row_of_point[p]`` of ``x``. Returns the same ``rows, changed, of_point``."""
     rows_of_image, image_of_row = (index.to(x.device) for index in identical_rows(x))
-    image = image_of_row.repeat_interleave(n_points)
+    image = image_of_row[row_of_point.to(x.device)]
     keys = torch.cat([image[:, None], masks.flatten(1).to(image.dtype)], dim=1)
     distinct, of_point = torch.unique(keys, dim=0, return_inverse=True)
     return rows_of_image[distinct[:, 0]], distinct[:, 1:].bool().reshape(-1, *masks.shape[1:]), of_point
@@ -93,6 +119,16 @@ class PatchCurve:
         Blur standard deviation in pixels, for ``blank="blur"``.
     clip : bool
         Clamp the normalised curve to ``[0, 1]`` before taking its area.
+    resolution : {"full", "adaptive"}
+        ``"full"`` evaluates every point of the curve. ``"adaptive"`` evaluates every ``initial_stride``-th
+        point and both ends, then bisects the intervals where the curve moves until the bound on the area's
+        error is at most ``tolerance`` (see :mod:`cafe_faithfulness.adaptive`: the bound assumes the curve is
+        monotone between consecutive evaluated points); the points in between are filled by linear
+        interpolation.
+    tolerance : float
+        For ``"adaptive"``: the largest bound on the area's error, in the score's units (at least 0).
+    initial_stride : int
+        For ``"adaptive"``: spacing, in points of the curve, of the first evaluated grid (at least 1).
 
     Attributes
     ----------
@@ -110,12 +146,26 @@ class PatchCurve:
     ranking_based = True
 
     def __init__(
-        self, steps: int = 1, blank: str = "zeros", blur_sigma: float | None = None, clip: bool = True
+        self,
+        steps: int = 1,
+        blank: str = "zeros",
+        blur_sigma: float | None = None,
+        clip: bool = True,
+        resolution: str = "full",
+        tolerance: float = 0.01,
+        initial_stride: int = 8,
     ) -> None:
+        if resolution not in ("full", "adaptive"):
+            raise ValueError(f"resolution must be 'full' or 'adaptive', got {resolution!r}")
+        if not tolerance >= 0 or int(initial_stride) < 1:
+            raise ValueError(f"tolerance must be >= 0 and initial_stride >= 1, got {tolerance}, {initial_stride}")
         self.steps = int(steps)
         self.blank = blank
         self.blur_sigma = blur_sigma
         self.clip = bool(clip)
+        self.resolution = resolution
+        self.tolerance = float(tolerance)
+        self.initial_stride = int(initial_stride)
         self.score_range = (0.0, 1.0) if self.clip else None
 
     def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
@@ -153,16 +203,72 @@ class PatchCurve:
             patches); ``raw_curve`` the normalised curve before clipping; ``info["full_z"]`` the latent on
             the full image (a row where it is zero or not finite scores NaN) and ``info["raw_auc"]`` the
             area under ``raw_curve``. Curves, scores and fractions have the dtype of the latent's values (the
-            run's dtype; float32 at least).
+            run's dtype; float32 at least). With ``resolution="adaptive"`` the curves hold linear
+            interpolations between the evaluated points (both curves interpolated from their own values
+            there), ``info["points"]`` the number of points evaluated per row and ``info["auc_error_bound"]``
+            the bound on the score's error reached (valid if the curve is monotone between evaluated points).
 
         Raises
         ------
         cafe_core.errors.IncompatibleComponentError
             If the backbone's patches do not tile ``x`` (:func:`cafe_core.blanks.patch_tiling_problem`).
         """
+        self._check_inputs(target, x, heatmap)
+        n_patches = heatmap.shape[1] * heatmap.shape[2]
+        counts = torch.as_tensor(curve_counts(n_patches, self.steps), device=x.device)
+        rank_of = patch_ranks(heatmap.to(x.device))
+        blank = make_blank(x, self.blank, self.blur_sigma)
+
+        def latents(rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+            return self._latents(target, x, blank, rank_of[rows] < counts[points, None], rows, context)
+
+        if self.resolution == "adaptive":
+            return self._adaptive(latents, len(x), counts)
+        b, s = len(x), len(counts)
+        rows = torch.arange(b, device=x.device).repeat_interleave(s)
+        full_z, raw = self._normalised(latents(rows, torch.arange(s, device=x.device).repeat(b)).reshape(b, s))
+        scored = self._scored(raw)
+        fractions = counts.to(raw.dtype) / n_patches
+        return MetricResult(
+            score=torch.trapezoid(scored, fractions, dim=1),
+            curve=scored,
+            raw_curve=raw,
+            fractions=fractions,
+            info={"full_z": full_z, "raw_auc": torch.trapezoid(raw, fractions, dim=1)},
+        )
+
+    def _adaptive(
+        self, latents: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], b: int, counts: torch.Tensor
+    ) -> MetricResult:
+        """The result of ``resolution="adaptive"`` (see :func:`cafe_faithfulness.adaptive.adaptive_points`)."""
+        values, known, bound = adaptive_points(
+            latents,
+            lambda v: self._scored(self._normalised(v)[1]),
+            b,
+            counts,
+            self.initial_stride,
+            self.tolerance,
+        )
+        full_z, raw = self._normalised(values)
+        fractions = counts.to(raw.dtype) / counts[-1]
+        scored = interpolate(self._scored(raw), known, fractions)
+        raw = interpolate(raw, known, fractions)
+        return MetricResult(
+            score=torch.trapezoid(scored, fractions, dim=1),
+            curve=scored,
+            raw_curve=raw,
+            fractions=fractions,
+            info={
+                "full_z": full_z,
+                "raw_auc": torch.trapezoid(raw, fractions, dim=1),
+                "points": known.sum(dim=1).to(raw.dtype),
+                "auc_error_bound": bound.to(raw.dtype),
+            },
+        )
+
+    def _check_inputs(self, target: TargetFunction, x: torch.Tensor, heatmap: torch.Tensor) -> None:
         backbone = target.backbone
         gh, gw = backbone.grid_size
-        ph, pw = backbone.patch_size
         b = len(x)
         if len(target) != b:
             raise ValueError(f"input has {b} rows but the target function has {len(target)}")
@@ -175,39 +281,39 @@ class PatchCurve:
         if problem:
             raise IncompatibleComponentError(problem)
 
-        n_patches = gh * gw
-        counts = curve_counts(n_patches, self.steps)
-        n_points = len(counts)
-        masks = ranked_masks(heatmap.to(x.device), counts).reshape(b * n_points, gh, gw)
-        rows, changed, of_point = distinct_composites(x, masks, n_points)
-        blank = make_blank(x, self.blank, self.blur_sigma)
+    def _latents(
+        self,
+        target: TargetFunction,
+        x: torch.Tensor,
+        blank: torch.Tensor,
+        changed_patches: torch.Tensor,
+        row_of_point: torch.Tensor,
+        context: RunContext,
+    ) -> torch.Tensor:
+        """The latent at every point: ``changed_patches [P, gh * gw]`` of row ``row_of_point [P]``."""
+        gh, gw = target.backbone.grid_size
+        masks = changed_patches.reshape(-1, gh, gw)
+        rows, changed, of_point = composites_of_points(x, masks, row_of_point)
 
         def composites(chunk: slice) -> torch.Tensor:
-            kept = patches_to_pixels(changed[chunk].to(x.dtype), (ph, pw))[:, None]
+            kept = patches_to_pixels(changed[chunk].to(x.dtype), target.backbone.patch_size)[:, None]
             if not self.inserting:
                 kept = 1 - kept
             return blank[rows[chunk]] * (1 - kept) + x[rows[chunk]] * kept
 
-        values = latents_on_shared_images(
-            target.repeat_interleave(n_points), of_point, len(rows), composites, context
-        )
-        curve = values.reshape(b, n_points)
-        # The run's dtype (a float64 run keeps float64 curves); a lower precision is widened to float32.
-        curve = curve.to(torch.promote_types(curve.dtype, torch.float32))
+        return latents_on_shared_images(target.select(row_of_point), of_point, len(rows), composites, context)
 
-        full_z = curve[:, -1] if self.inserting else curve[:, 0]
+    def _normalised(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``full_z [B]`` and the curve ``values [B, S]`` divided by it (NaN rows where it is 0 or not finite)."""
+        # The run's dtype (a float64 run keeps float64 curves); a lower precision is widened to float32.
+        values = values.to(torch.promote_types(values.dtype, torch.float32))
+        full_z = values[:, -1] if self.inserting else values[:, 0]
         valid = torch.isfinite(full_z) & (full_z != 0)
-        raw = curve / torch.where(valid, full_z, torch.ones_like(full_z))[:, None]
-        raw = torch.where(valid[:, None], raw, torch.full_like(raw, math.nan))
-        scored = raw.clamp(0.0, 1.0) if self.clip else raw
-        fractions = torch.as_tensor(counts, dtype=raw.dtype, device=raw.device) / n_patches
-        return MetricResult(
-            score=torch.trapezoid(scored, fractions, dim=1),
-            curve=scored,
-            raw_curve=raw,
-            fractions=fractions,
-            info={"full_z": full_z, "raw_auc": torch.trapezoid(raw, fractions, dim=1)},
-        )
+        raw = values / torch.where(valid, full_z, torch.ones_like(full_z))[:, None]
+        return full_z, torch.where(valid[:, None], raw, torch.full_like(raw, math.nan))
+
+    def _scored(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.clamp(0.0, 1.0) if self.clip else raw
 
 
 class Insertion(PatchCurve):

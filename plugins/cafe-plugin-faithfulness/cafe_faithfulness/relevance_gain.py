@@ -22,21 +22,27 @@ class SymmetricRelevanceGain:
     those of the ``insertion`` metric with the same params (see :class:`cafe_faithfulness.curves.PatchCurve`),
     the LeRF one ranking the negated heatmap (ties keep row-major order in both).
 
+    Parameters
+    ----------
+    **params
+        Those of :class:`~cafe_faithfulness.curves.Insertion` (``steps``, ``blank``, ``blur_sigma``, ``clip``,
+        ``resolution``, ``tolerance``, ``initial_stride``).
+
     Notes
     -----
     ``curve`` is the MoRF curve minus the LeRF curve over ``fractions``; ``info["morf_auc"]``,
     ``info["lerf_auc"]`` and ``info["full_z"]`` hold the two areas and the latent on the full image. A row
-    whose latent is zero on the full image scores NaN.
+    whose latent is zero on the full image scores NaN. With ``resolution="adaptive"``, ``info["points"]`` and
+    ``info["auc_error_bound"]`` are the sums over the two curves (the score's error is at most the latter,
+    under the insertion metric's assumption of curves monotone between evaluated points).
     """
 
     higher_is_better = True
     ranking_based = True
 
-    def __init__(
-        self, steps: int = 1, blank: str = "zeros", blur_sigma: float | None = None, clip: bool = True
-    ) -> None:
-        self.insertion = Insertion(steps=steps, blank=blank, blur_sigma=blur_sigma, clip=clip)
-        self.score_range = (-1.0, 1.0) if clip else None
+    def __init__(self, **params: Any) -> None:
+        self.insertion = Insertion(**params)
+        self.score_range = (-1.0, 1.0) if self.insertion.clip else None
 
     def check_compatible(self, backbone: Backbone, saes: Sequence[Any] = ()) -> list[str]:
         """The problems of the insertion metric it is built on."""
@@ -56,9 +62,13 @@ class SymmetricRelevanceGain:
             target.tile(2), torch.cat([x, x]), torch.cat([heatmap, -heatmap]), context
         )
         morf, lerf = both.score[:b], both.score[b:]
+        info = {"morf_auc": morf, "lerf_auc": lerf, "full_z": both.info["full_z"][:b]}
+        for name in ("points", "auc_error_bound"):  # adaptive resolution: the two curves' sums
+            if name in both.info:
+                info[name] = both.info[name][:b] + both.info[name][b:]
         return MetricResult(
             score=morf - lerf,
             curve=both.curve[:b] - both.curve[b:],
             fractions=both.fractions,
-            info={"morf_auc": morf, "lerf_auc": lerf, "full_z": both.info["full_z"][:b]},
+            info=info,
         )
