@@ -104,7 +104,9 @@ class Backbone(Protocol):
     without it, ``("resid_post",)``. A backbone that runs modules after block ``L`` to produce the tokens
     of layer ``L`` (a final LayerNorm, an attention-pool head) names them, as attribute names of ``model``, in
     ``trailing_modules(layer) -> tuple[str, ...]``, so that attributors with per-module rules (LRP) cover
-    them too.
+    them too. A backbone that can compute block ``L``'s output at a few tokens for less than at all of them
+    offers ``forward_to_tokens(x, layer, positions) -> [B, P, D]``, equal to ``forward_to(x, layer)[:,
+    positions]``; the forward passes that only read latents (insertion and deletion curves, occlusion) use it.
     """
 
     model: torch.nn.Module

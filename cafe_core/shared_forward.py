@@ -52,11 +52,25 @@ def latents_on_shared_images(
     values: torch.Tensor | None = None
     with torch.no_grad():
         for chunk in context.chunks(n_images):
-            h = readers.tokens(make_images(chunk))
             first = int(ends[chunk.start - 1]) if chunk.start else 0
             which = order[first : int(ends[chunk.stop - 1])]
-            z = readers.select(which).from_tokens(h, image_of_reader[which] - chunk.start)
+            h, reading = _tokens_read(readers.select(which), make_images(chunk))
+            z = reading.from_tokens(h, image_of_reader[which] - chunk.start)
             if values is None:
                 values = torch.empty(len(readers), dtype=z.dtype, device=z.device)
             values[which.to(z.device)] = z
     return values
+
+
+def _tokens_read(readers: TargetFunction, images: torch.Tensor) -> tuple[torch.Tensor, TargetFunction]:
+    """The hidden states the readers read, and the readers with their positions into them.
+
+    Only the readers' distinct tokens ``[n, P, D]`` where the backbone offers ``forward_to_tokens`` (its last
+    block then skips the rows nobody reads), else every token ``[n, T, D]``.
+    """
+    backbone = readers.backbone
+    if not callable(getattr(backbone, "forward_to_tokens", None)):
+        return readers.tokens(images), readers
+    positions, index = torch.unique(readers.positions, return_inverse=True)
+    h = backbone.forward_to_tokens(images, readers.layer, positions.to(images.device))
+    return h, TargetFunction(backbone, readers.sae, readers.layer, readers.latents, index)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numbers
 import pathlib
+import warnings
 from typing import Any
 
 import torch
 
+from .block_rows import block_rows, plain_block
 from .checkpoint import load_checkpoint
 from .common import TimmModel
 from .errors import TimmBackboneError
@@ -103,6 +105,7 @@ class TimmViT(TimmModel):
         self.pool_token = bool(pool_token)
         self._model_prefix = _prefix_names(net)
         self.prefix_tokens = self._model_prefix + (("pool",) if pool_token else ())
+        self._rows_agree: dict[int, bool] = {}  # per layer: block_rows checked against the whole block
 
     # Geometry -------------------------------------------------------------------------------------------
 
@@ -156,14 +159,65 @@ class TimmViT(TimmModel):
         """
         layer = self._check_index(layer, self.depth, "layer")
         self._check_input(x)
+        return self._read_out(self.model.blocks[layer](self._block_input(x, layer)), layer)
+
+    def forward_to_tokens(self, x: torch.Tensor, layer: int, positions: torch.Tensor) -> torch.Tensor:
+        """``forward_to(x, layer)[:, positions]``, with block ``layer`` run at those tokens only where it can.
+
+        Block ``layer`` needs all of its input tokens but gives its output at ``positions`` from their own
+        attention rows and MLP, which is most of a block's cost left out (see :mod:`cafe_timm.block_rows`).
+        That applies to timm's own ``Block`` with ``Attention``, unpatched and unhooked, without ``pool_token``;
+        otherwise the whole block runs. The first call per layer also runs the whole block and compares: where
+        the two differ by more than rounding, a warning says so and the whole block runs from then on.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Model inputs ``[B, 3, H, W]``.
+        layer : int
+            The block.
+        positions : torch.Tensor
+            ``[P]`` token indices.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, P, D]``.
+        """
+        layer = self._check_index(layer, self.depth, "layer")
+        self._check_input(x)
+        positions = torch.as_tensor(positions, dtype=torch.long, device=x.device)
+        block = self.model.blocks[layer]
+        if self.pool_token or not plain_block(block) or self._rows_agree.get(layer) is False:
+            return self.forward_to(x, layer)[:, positions]
+        h = self._block_input(x, layer)
+        out = block_rows(block, h, positions)
+        out = self.model.norm(out) if self._normed(layer) else out
+        if layer not in self._rows_agree:
+            self._rows_agree[layer] = self._check_rows(out, self._read_out(block(h), layer)[:, positions], layer)
+        return out
+
+    def _block_input(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """The tokens entering block ``layer``: embeddings, ``norm_pre`` and blocks ``0..layer - 1``."""
         net = self.model
-        h = net.patch_embed(x)
-        h = net._pos_embed(h)
-        h = net.patch_drop(h)
-        h = net.norm_pre(h)
-        for block in net.blocks[: layer + 1]:
+        h = net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x))))
+        for block in net.blocks[:layer]:
             h = block(h)
-        return self._read_out(h, layer)
+        return h
+
+    def _check_rows(self, rows: torch.Tensor, whole: torch.Tensor, layer: int) -> bool:
+        scale = float(whole.detach().abs().max()) or 1.0
+        error = float((rows - whole).detach().abs().max())
+        if error <= 1e-4 * scale:
+            return True
+        warnings.warn(
+            f"block {layer} of {self.model_name} computed at a few tokens differs from the whole block by "
+            f"{error:.3g} (largest value {scale:.3g}); this timm version's block is not what cafe_timm.block_rows "
+            "recomputes, so the whole block runs from now on (correct, only slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
 
     def trailing_modules(self, layer: int) -> tuple[str, ...]:
         """Names of the model's submodules that :meth:`forward_to` runs after block ``layer``.
