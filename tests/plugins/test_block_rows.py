@@ -84,3 +84,18 @@ def test_curve_readers_get_the_same_latents_through_the_rows():
         for n, p, i in zip(readers.latents, readers.positions, image_of_reader)
     ])
     torch.testing.assert_close(z, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_rows_do_not_depend_on_the_thread_count():
+    """A run gives the same bits in-process and on a one-CPU worker (the Ray executor relies on it)."""
+    backbone = PluginHost().registry("backbone").get("toy_vit").build({})  # big enough for threads to split
+    x = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(backbone.forward_to_tokens(x, 3, torch.tensor([17, 30])))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
