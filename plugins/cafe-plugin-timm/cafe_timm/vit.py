@@ -208,7 +208,7 @@ class TimmViT(TimmModel):
     def _check_rows(self, rows: torch.Tensor, whole: torch.Tensor, layer: int) -> bool:
         scale = float(whole.detach().abs().max()) or 1.0
         error = float((rows - whole).detach().abs().max())
-        if error <= 1e-4 * scale:
+        if error <= _rounding(rows.device) * scale:
             return True
         warnings.warn(
             f"block {layer} of {self.model_name} computed at a few tokens differs from the whole block by "
@@ -259,6 +259,14 @@ class TimmViT(TimmModel):
             f"{type(self).__name__}({self.model_name!r}, depth={self.depth}, width={self.width}, "
             f"image_size={self.image_size}, patch_size={self.patch_size}, prefix_tokens={self.prefix_tokens})"
         )
+
+
+def _rounding(device: torch.device) -> float:
+    """How far two orders of the same float32 sums may differ, relative to the largest value: 1e-4, or 8 ulp
+    of the lower precision when autocast is on."""
+    if torch.is_autocast_enabled(device.type):
+        return max(1e-4, 8 * torch.finfo(torch.get_autocast_dtype(device.type)).eps)
+    return 1e-4
 
 
 def _pair(value: Any) -> tuple[int, int]:
