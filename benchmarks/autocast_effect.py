@@ -18,9 +18,8 @@ import time
 import numpy as np
 
 import cafe_core
-from cafe_core.spec import read_spec_source
+from studies import quickstart_study
 
-QUICKSTART = pathlib.Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
 PRECISIONS = (None, "bfloat16", "float16")
 
 
@@ -43,20 +42,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def study(vit_base: bool, device: str, autocast: str | None, limit: int | None = None) -> dict:
-    spec = read_spec_source(QUICKSTART)[0]
-    if vit_base:
-        spec["backbone"] = {"name": "timm", "model": "vit_base_patch16_224"}
-        spec["sae"] = {"name": "random", "d_in": 768, "d_sae": 6144, "layer": 6, "tokens": "patch"}
-        spec["dataset"] = {**spec["dataset"], "image_size": 224}
-    spec["run"] = {**spec["run"], "device": device, "batch_size": 64}
-    if autocast:
-        spec["run"]["autocast"] = autocast
-    if limit:
-        spec["run"]["limit"] = limit
-    return spec
 
 
 def compare(reference: cafe_core.Results, lowered: cafe_core.Results) -> dict:
@@ -112,12 +97,12 @@ def main() -> None:
     results, seconds = {}, {}
     with tempfile.TemporaryDirectory() as out:
         for precision in PRECISIONS:  # warm-up: the device's first kernels and allocations are not timed
-            cafe_core.run(study(args.vit_base, args.device, precision, 1), pathlib.Path(out) / f"warm-{precision}",
+            cafe_core.run(quickstart_study(args.vit_base, args.device, precision, 1), pathlib.Path(out) / f"warm-{precision}",
                           progress=False)
         for precision in PRECISIONS:
             name = precision or "float32"
             start = time.perf_counter()
-            results[name] = cafe_core.run(study(args.vit_base, args.device, precision, args.limit),
+            results[name] = cafe_core.run(quickstart_study(args.vit_base, args.device, precision, args.limit),
                                           pathlib.Path(out) / name, progress=False)
             seconds[name] = time.perf_counter() - start
         lines = [f"## autocast on {'vit_base' if args.vit_base else 'the quickstart'}, device {args.device}", ""]

@@ -8,19 +8,16 @@ token). The studies are ``cafe_core.run`` on the quickstart's spec and on the sa
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 import pytest
 import torch
 
 import cafe_core
-from cafe_core.spec import read_spec_source
 from conftest import DEVICE, Setup, context, peak_memory, synchronized
+from studies import quickstart_study
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cuda", reason="the GPU table needs a CUDA device")
-
-QUICKSTART = pathlib.Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
 
 METHODS = {
     "activation_map": ("activation_map", {}),
@@ -72,19 +69,9 @@ def test_curves_vit_base(benchmark, host, vit_base, metric, steps):
     benchmark.pedantic(evaluate, args=(target, x, heatmap, ctx), rounds=3, iterations=1)
 
 
-def _vit_base_study() -> dict:
-    """The quickstart's study (targets, attributors, metrics) over vit_base at block 6 on 224x224 shapes."""
-    spec = read_spec_source(QUICKSTART)[0]
-    spec["backbone"] = {"name": "timm", "model": "vit_base_patch16_224"}
-    spec["sae"] = {"name": "random", "d_in": 768, "d_sae": 6144, "layer": 6, "tokens": "patch"}
-    spec["dataset"] = {**spec["dataset"], "image_size": 224}
-    return spec
-
-
 @pytest.mark.parametrize("study", ["quickstart", "quickstart_on_vit_base"])
-def test_study(benchmark, tmp_path, study, batch_size=64):
-    spec = read_spec_source(QUICKSTART)[0] if study == "quickstart" else _vit_base_study()
-    spec["run"] = {**spec["run"], "device": str(DEVICE), "batch_size": batch_size}
+def test_study(benchmark, tmp_path, study):
+    spec = quickstart_study(vit_base=study != "quickstart", device=str(DEVICE))
     runs = iter(range(100))
 
     def one_run():

@@ -34,9 +34,8 @@ def backbone_kwargs():
     return {"patch_size": PATCH, "depth": DEPTH, "embed_dim": WIDTH, "num_heads": 2}
 
 
-@pytest.fixture
-def spec_dict(assets):
-    """A complete spec over the assets (a fresh dict each test)."""
+def e2e_spec(assets):
+    """A complete spec over the assets, as a fresh dict."""
     return {
         "backbone": {
             "name": "timm",
@@ -52,3 +51,9 @@ def spec_dict(assets):
         "metrics": [{"name": "insertion", "steps": 2}, {"name": "deletion", "steps": 2}],
         "run": {"batch_size": 2, "device": "cpu", "seed": 0},
     }
+
+
+@pytest.fixture
+def spec_dict(assets):
+    """A complete spec over the assets (a fresh dict each test)."""
+    return e2e_spec(assets)

@@ -173,18 +173,9 @@ def report_dir(tmp_path_factory, browser_spec):
 @pytest.fixture(scope="module")
 def browser_spec(assets):
     """The end-to-end spec (see conftest.py), built once for the module so one run serves every test here."""
-    from conftest import IMAGE, backbone_kwargs
+    from conftest import e2e_spec
 
-    return {
-        "backbone": {"name": "timm", "model": "vit_tiny_patch16_224", "checkpoint": str(assets / "vit.safetensors"),
-                     "img_size": IMAGE, "model_kwargs": backbone_kwargs()},
-        "sae": {"name": "relu", "path": str(assets / "sae.safetensors"), "layer": 1},
-        "dataset": {"name": "folder", "path": str(assets / "images")},
-        "targets": {"select": "top", "count": 2, "token": "argmax"},
-        "attributors": [{"name": "activation_map"}, {"name": "gradient_x_input"}],
-        "metrics": [{"name": "insertion", "steps": 2}, {"name": "deletion", "steps": 2}],
-        "run": {"batch_size": 2, "device": "cpu", "seed": 0},
-    }
+    return e2e_spec(assets)
 
 
 @needs_chromium
