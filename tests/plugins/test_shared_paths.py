@@ -173,6 +173,30 @@ def test_latents_of_one_image_cost_the_points_of_one_path(setting, method, point
     assert sum(counting.calls) == 5 * points + ends
 
 
+def test_the_onsets_of_latents_of_one_image_forward_their_common_points_once(setting):
+    backbone, sae, x, latents, positions = setting
+    rows = [0, 2, 3, 5, 6]  # image 0's five latents: two on at the blank, three turning on along the path
+    image, blank = x[:1], torch.zeros_like(x[:1])
+    searched: list[torch.Tensor] = []  # every point the search of each row looks at, one row at a time
+    for row in rows:
+        f = _scalar(backbone, sae, int(latents[row]), int(positions[row]))
+
+        def recording(points: torch.Tensor, f=f) -> torch.Tensor:
+            searched.append(points)
+            return f(points)
+
+        with torch.no_grad():
+            latent_onset(recording, blank, image, f(image), f(blank))
+    distinct = len(torch.unique(torch.cat(searched).flatten(1), dim=0))
+    assert len(torch.cat(searched)) == 3 * 23 and 7 + 16 <= distinct < 3 * 23
+
+    counting = CountingBackbone(backbone)
+    target = TargetFunction(counting, sae, LAYER, latents[rows], positions[rows])
+    out = IntegratedGradients(n_steps=6, batching="shared").attribute(target, x[rows], RunContext(batch_size=64))
+    assert (out.info["onset"] == 0).sum() == 2  # one path shared by the two rows on at the blank, three others
+    assert sum(counting.calls) == 2 + distinct + 4 * 6  # the values at both ends, the onsets, the paths
+
+
 def test_path_batching_refuses_the_jacobian_with_the_choices(setting):
     backbone, sae, x, latents, positions = setting
     target = TargetFunction(backbone, sae, LAYER, latents, positions)

@@ -1,16 +1,16 @@
-"""The scalar functions Captum differentiates, and the conversions every Captum attributor shares."""
+"""Checks and conversions every Captum attributor shares."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from cafe_core.errors import IncompatibleComponentError
 from cafe_core.patches import pixels_to_patches
-from cafe_core.protocols import Attribution, TargetFunction
+from cafe_core.protocols import Attribution
 
-__all__ = ["check_quantity", "latent_function", "pre_activation_problem", "to_attribution"]
+__all__ = ["check_quantity", "pre_activation_problem", "to_attribution"]
 
 
 def pre_activation_problem(sae: Any) -> str | None:
@@ -29,39 +29,6 @@ def check_quantity(sae: Any, quantity: str) -> None:
     problem = pre_activation_problem(sae) if quantity == "pre" else None
     if problem:
         raise IncompatibleComponentError(problem)
-
-
-def latent_function(target: TargetFunction, quantity: str = "post") -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x [N, 3, H, W] -> [N]``: the rows of ``target`` as a forward function for Captum.
-
-    Captum evaluates a function on stacked copies of its inputs (one copy per integration step or per
-    sample, copy-major), so input row ``r`` is explained with respect to row ``r % len(target)``.
-
-    Parameters
-    ----------
-    target : TargetFunction
-        The latent and token of each row.
-    quantity : {"post", "pre"}
-        ``"post"``: the latent ``z`` (after the SAE's activation). ``"pre"``: its pre-activation
-        ``W_e (h - b_d) + b_e``, read with the SAE's ``pre_activation_latents(h, latents)``.
-
-    Returns
-    -------
-    callable
-        The forward function.
-
-    Raises
-    ------
-    cafe_core.errors.IncompatibleComponentError
-        For ``quantity="pre"`` with an SAE that has no ``pre_activation_latents``.
-    """
-    check_quantity(target.sae, quantity)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        rows = target.tile(x.shape[0] // len(target))
-        return rows(x) if quantity == "post" else rows.pre_activation(x)
-
-    return forward
 
 
 def to_attribution(

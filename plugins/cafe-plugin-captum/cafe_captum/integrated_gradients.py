@@ -10,7 +10,7 @@ from cafe_core.blanks import make_blank
 from cafe_core.path_gradients import PointSet, path_gradients, path_groups, row_values
 from cafe_core.protocols import Attribution, Backbone, RunContext, TargetFunction
 
-from .functions import check_quantity, latent_function, pre_activation_problem, to_attribution
+from .functions import check_quantity, pre_activation_problem, to_attribution
 
 __all__ = ["IntegratedGradients", "latent_onset"]
 
@@ -67,10 +67,10 @@ class IntegratedGradients:
     blank, with an integrand as smooth as the pre-activation (``z = pre`` past ``x*``). It is the heatmap of
     ``z`` itself, summing to ``z(x) - z(x0)``, and it converges as fast as ``quantity="pre"``. ``a*`` is found
     on the latent's values alone (no pre-activation needed): the last of 7 evenly spaced points where the
-    latent is off, 16 bisections, then a secant step within the last interval (24 forward passes, a quarter
-    of the cost of 32 steps; see :func:`latent_onset`). It removes the kink when the latent turns on once along
-    the path. A latent on at the blank is integrated from the blank: if it turns off and on again on the
-    way, those kinks remain and the delta shows them. If it is on for a while before ``x*`` and off again,
+    latent is off, 16 bisections, then a secant step within the last interval (23 forward passes without
+    gradients, about a quarter of the cost of 32 steps; see :func:`latent_onset`). It removes the kink when the
+    latent turns on once along the path. A latent on at the blank is integrated from the blank: if it turns
+    off and on again on the way, those kinks remain and the delta shows them. If it is on for a while before ``x*`` and off again,
     that stretch is left out (its contributions cancel in the sum, so the delta does not show it).
     ``info["onset"]`` is ``a*`` per row (0 where the path starts at the blank).
 
@@ -87,9 +87,9 @@ class IntegratedGradients:
     products run as batched backward passes (each over at most ``context.batch_size`` images in all). That
     is every row of an image with ``quantity="pre"`` or ``start="blank"``; from the onset, only rows with the
     same onset (0 for a latent on at the blank or off at the image), since the others' paths differ. Add one
-    forward per distinct image and per distinct blank for the values at both ends, and 24 forward passes
-    per chunk of ``context.batch_size`` rows for the onset when a row of the chunk is off at the blank. No
-    hook is installed and no parameter gradient is accumulated.
+    forward per distinct image and per distinct blank for the values at both ends, and for the onset of each
+    row whose latent is off at the blank and on at the image 23 points forwarded without gradients: 7 grid
+    points, the same images for every latent of an image and forwarded once for them, and 16 bisections. No hook is installed and no parameter gradient is accumulated.
     """
 
     needs_grad = True
@@ -168,12 +168,20 @@ class IntegratedGradients:
         self, target: TargetFunction, inputs: torch.Tensor, blank: torch.Tensor, value: torch.Tensor,
         blank_value: torch.Tensor, context: RunContext,
     ) -> torch.Tensor:
-        """``[B]`` :func:`latent_onset` of every row, ``context.batch_size`` rows at a time."""
-        onsets = []
-        for rows in context.chunks(len(inputs)):
-            f = latent_function(target.select(rows))
-            onsets.append(latent_onset(f, blank[rows], inputs[rows], value[rows], blank_value[rows]))
-        return torch.cat(onsets) if onsets else torch.zeros_like(value)
+        """``[B]`` :func:`latent_onset` of every row; only rows whose path is cut are forwarded.
+
+        Their points go through :func:`cafe_core.path_gradients.row_values`: the grid points of the latents of
+        one image are the same images, forwarded once.
+        """
+        onset = torch.zeros_like(value)
+        rows = torch.nonzero(_cut(value, blank_value)).flatten()
+        if len(rows):
+            cut_target = target.select(rows)
+            onset[rows] = latent_onset(
+                lambda points: row_values(cut_target, points, context),
+                blank[rows], inputs[rows], value[rows], blank_value[rows],
+            )
+        return onset
 
 
 def _line(
@@ -208,6 +216,11 @@ BISECTIONS = 16
 """Halvings of that piece: ``a*`` is then known to ``1 / (GRID_POINTS * 2 ** BISECTIONS)`` of the path."""
 
 
+def _cut(value: torch.Tensor, blank_value: torch.Tensor) -> torch.Tensor:
+    """Rows whose latent is off at the start of the path and on at the image: their path is cut at an onset."""
+    return (blank_value <= 0) & (value > 0)
+
+
 def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
@@ -223,29 +236,34 @@ def latent_onset(
     interval after it keeping ``f`` zero at its lower end and positive at its upper end, then a secant step
     from the upper end towards the zero of the line through ``f`` there and at ``inputs`` (kept within the
     interval): exact where ``f`` grows linearly past the onset, as a ReLU latent of a linear map does.
+    ``f`` is called ``GRID_POINTS - 1 + BISECTIONS`` times (23), on all rows at once; the secant reuses the
+    value at the upper end.
     """
-    cut = (blank_value <= 0) & (value > 0)
+    cut = _cut(value, blank_value)
     if not bool(cut.any()):
         return torch.zeros_like(value)
     step = inputs - start
 
-    def off(alpha: torch.Tensor) -> torch.Tensor:
+    def at(alpha: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return f(start + _rows(alpha, start) * step) <= 0
+            return f(start + _rows(alpha, start) * step)
 
-    low = torch.zeros_like(value)
-    for k in range(1, GRID_POINTS):
+    low, at_high = torch.zeros_like(value), value
+    for k in range(GRID_POINTS - 1, 0, -1):  # from the image down: the first point found off is the last one
         alpha = torch.full_like(value, k / GRID_POINTS)
-        low = torch.where(off(alpha), alpha, low)
+        here = at(alpha)
+        searching = low == 0
+        low = torch.where(searching & (here <= 0), alpha, low)
+        at_high = torch.where(searching & (here > 0), here, at_high)
     high = low + 1.0 / GRID_POINTS
     for _ in range(BISECTIONS):
         middle = (low + high) / 2
-        below = off(middle)
+        here = at(middle)
+        below = here <= 0
         low, high = torch.where(below, middle, low), torch.where(below, high, middle)
+        at_high = torch.where(below, at_high, here)
     # A secant step through the values at the upper end and at the image, where the latent is on: exact
     # where it grows linearly; kept within the last interval.
-    with torch.no_grad():
-        at_high = f(start + _rows(high, start) * step)
     slope = (value - at_high) / (1 - high)
     secant = torch.where(slope > 0, high - at_high / torch.where(slope > 0, slope, 1), high)
     onset = torch.minimum(torch.maximum(secant, low), high)
