@@ -95,14 +95,15 @@ def main() -> None:
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args()
     results, seconds = {}, {}
+    model = "vit_base" if args.vit_base else "toy"
     with tempfile.TemporaryDirectory() as out:
         for precision in PRECISIONS:  # warm-up: the device's first kernels and allocations are not timed
-            cafe_core.run(quickstart_study(args.vit_base, args.device, precision, 1), pathlib.Path(out) / f"warm-{precision}",
+            cafe_core.run(quickstart_study(model, args.device, precision, 1), pathlib.Path(out) / f"warm-{precision}",
                           progress=False)
         for precision in PRECISIONS:
             name = precision or "float32"
             start = time.perf_counter()
-            results[name] = cafe_core.run(quickstart_study(args.vit_base, args.device, precision, args.limit),
+            results[name] = cafe_core.run(quickstart_study(model, args.device, precision, args.limit),
                                           pathlib.Path(out) / name, progress=False)
             seconds[name] = time.perf_counter() - start
         lines = [f"## autocast on {'vit_base' if args.vit_base else 'the quickstart'}, device {args.device}", ""]

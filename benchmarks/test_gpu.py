@@ -71,7 +71,7 @@ def test_curves_vit_base(benchmark, host, vit_base, metric, steps):
 
 @pytest.mark.parametrize("study", ["quickstart", "quickstart_on_vit_base"])
 def test_study(benchmark, tmp_path, study):
-    spec = quickstart_study(vit_base=study != "quickstart", device=str(DEVICE))
+    spec = quickstart_study("toy" if study == "quickstart" else "vit_base", str(DEVICE))
     runs = iter(range(100))
 
     def one_run():

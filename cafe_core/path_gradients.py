@@ -26,10 +26,12 @@ import torch
 from .batching import PATH_BATCHING, check_batching
 from .context import RunContext
 from .gradients import frozen, identical_rows, shared_from
-from .shared_forward import Readout, latents_on_shared_images
 from .target import TargetFunction
 
 __all__ = ["PointSet", "path_gradients", "path_groups", "readout", "row_values"]
+
+# Reads row values from tokens: ``(tokens [P, D], latents [P]) -> [P]``.
+Readout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -71,20 +73,23 @@ def row_values(target: TargetFunction, x: torch.Tensor, context: RunContext, qua
     target : TargetFunction
         The latent and token of each row.
     x : torch.Tensor
-        ``[B, 3, H, W]``; identical rows (:func:`cafe_core.gradients.identical_rows`) are forwarded once, and
-        only to the tokens read (:func:`cafe_core.shared_forward.latents_on_shared_images`).
+        ``[B, 3, H, W]``; identical rows (:func:`cafe_core.gradients.identical_rows`) are forwarded once.
     context : RunContext
         ``batch_size`` bounds the images of a forward pass.
     quantity : {"post", "pre"}
         What is read.
     """
-    if not len(x):
-        return x.new_zeros(0)
+    read = readout(target, quantity)
     first, group = identical_rows(x)
-    values = latents_on_shared_images(
-        target, group, len(first), lambda chunk: x[first[chunk]], context, readout(target, quantity)
-    )
-    return values.to(x.dtype)
+    values = x.new_zeros(len(x))
+    with torch.no_grad():
+        for chunk in context.chunks(len(first)):
+            h = target.tokens(x[first[chunk]])
+            rows = torch.nonzero((group >= chunk.start) & (group < chunk.stop)).flatten()
+            sources = (group[rows] - chunk.start).to(h.device)
+            tokens = h[sources, target.positions[rows].to(h.device)]
+            values[rows] = read(tokens, target.latents[rows].to(h.device)).to(values)
+    return values
 
 
 def path_groups(target: TargetFunction, paths: torch.Tensor, batching: str = "auto") -> list[torch.Tensor]:

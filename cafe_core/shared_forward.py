@@ -18,9 +18,6 @@ from .target import TargetFunction
 
 __all__ = ["latents_on_shared_images"]
 
-# Reads row values from tokens: ``(tokens [P, D], latents [P]) -> [P]``.
-Readout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def latents_on_shared_images(
     readers: TargetFunction,
@@ -28,7 +25,6 @@ def latents_on_shared_images(
     n_images: int,
     make_images: Callable[[slice], torch.Tensor],
     context: RunContext,
-    read: Readout | None = None,
 ) -> torch.Tensor:
     """``z`` of every reader, each read on its image, with every image forwarded once.
 
@@ -44,16 +40,12 @@ def latents_on_shared_images(
         ``make_images(slice)`` builds the model inputs ``[len, 3, H, W]`` of that range of images; called once
         per chunk of at most ``context.batch_size`` images.
     context : RunContext
-    read : callable, optional
-        ``read(tokens [n, D], latents [n]) -> [n]``: what is read from a token; by default the latent itself
-        (the SAE's ``encode_latents``), :func:`cafe_core.path_gradients.readout` for its pre-activation.
 
     Returns
     -------
     torch.Tensor
-        ``z [P]`` (or what ``read`` reads), without gradients.
+        ``z [P]``, without gradients.
     """
-    read = read or readers.sae.encode_latents
     order = torch.argsort(image_of_reader, stable=True)
     # the readers of image u are order[ends[u - 1]:ends[u]]
     ends = torch.searchsorted(image_of_reader[order], torch.arange(1, n_images + 1, device=image_of_reader.device))
@@ -62,23 +54,23 @@ def latents_on_shared_images(
         for chunk in context.chunks(n_images):
             first = int(ends[chunk.start - 1]) if chunk.start else 0
             which = order[first : int(ends[chunk.stop - 1])]
-            h, positions = _tokens_read(readers.select(which), make_images(chunk))
-            sources = (image_of_reader[which] - chunk.start).to(h.device)
-            z = read(h[sources, positions.to(h.device)], readers.latents[which].to(h.device))
+            h, reading = _tokens_read(readers.select(which), make_images(chunk))
+            z = reading.from_tokens(h, image_of_reader[which] - chunk.start)
             if values is None:
                 values = torch.empty(len(readers), dtype=z.dtype, device=z.device)
             values[which.to(z.device)] = z
     return values
 
 
-def _tokens_read(readers: TargetFunction, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hidden states the readers read, and each reader's position in them.
+def _tokens_read(readers: TargetFunction, images: torch.Tensor) -> tuple[torch.Tensor, TargetFunction]:
+    """The hidden states the readers read, and the readers with their positions into them.
 
     Only the readers' distinct tokens ``[n, P, D]`` where the backbone offers ``forward_to_tokens`` (its last
     block then skips the rows nobody reads), else every token ``[n, T, D]``.
     """
     backbone = readers.backbone
     if not callable(getattr(backbone, "forward_to_tokens", None)):
-        return readers.tokens(images), readers.positions
+        return readers.tokens(images), readers
     positions, index = torch.unique(readers.positions, return_inverse=True)
-    return backbone.forward_to_tokens(images, readers.layer, positions.to(images.device)), index
+    h = backbone.forward_to_tokens(images, readers.layer, positions.to(images.device))
+    return h, TargetFunction(backbone, readers.sae, readers.layer, readers.latents, index)
