@@ -63,7 +63,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["toy", *RANDOM_VITS], default="toy")
     parser.add_argument("--limit", type=int, help="images of the study (all 16 by default)")
-    parser.add_argument("--count-only", action="store_true", help="count the curves' composites, do not forward them")
+    parser.add_argument("--count-only", action="store_true",
+                        help="count the curves' composites, do not forward them")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     main(args.model, args.limit, args.count_only, args.batch_size)

@@ -193,7 +193,8 @@ def test_the_onsets_of_latents_of_one_image_forward_their_common_points_once(set
     counting = CountingBackbone(backbone)
     target = TargetFunction(counting, sae, LAYER, latents[rows], positions[rows])
     out = IntegratedGradients(n_steps=6, batching="shared").attribute(target, x[rows], RunContext(batch_size=64))
-    assert (out.info["onset"] == 0).sum() == 2  # one path shared by the two rows on at the blank, three others
+    # One path shared by the two rows on at the blank, three others.
+    assert (out.info["onset"] == 0).sum() == 2
     assert sum(counting.calls) == 2 + distinct + 4 * 6  # the values at both ends, the onsets, the paths
 
 

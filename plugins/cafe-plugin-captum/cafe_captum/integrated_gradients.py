@@ -70,8 +70,9 @@ class IntegratedGradients:
     latent is off, 16 bisections, then a secant step within the last interval (23 forward passes without
     gradients, about a quarter of the cost of 32 steps; see :func:`latent_onset`). It removes the kink when the
     latent turns on once along the path. A latent on at the blank is integrated from the blank: if it turns
-    off and on again on the way, those kinks remain and the delta shows them. If it is on for a while before ``x*`` and off again,
-    that stretch is left out (its contributions cancel in the sum, so the delta does not show it).
+    off and on again on the way, those kinks remain and the delta shows them. If it is on for a while before
+    ``x*`` and off again, that stretch is left out (its contributions cancel in the sum, so the delta does not
+    show it).
     ``info["onset"]`` is ``a*`` per row (0 where the path starts at the blank).
 
     **Completeness.** ``info["delta"]`` is ``sum(attributions) - (f(x) - f(x0))`` per row (Captum's
@@ -89,7 +90,8 @@ class IntegratedGradients:
     same onset (0 for a latent on at the blank or off at the image), since the others' paths differ. Add one
     forward per distinct image and per distinct blank for the values at both ends, and for the onset of each
     row whose latent is off at the blank and on at the image 23 points forwarded without gradients: 7 grid
-    points, the same images for every latent of an image and forwarded once for them, and 16 bisections. No hook is installed and no parameter gradient is accumulated.
+    points, the same images for every latent of an image and forwarded once for them, and 16 bisections. No
+    hook is installed and no parameter gradient is accumulated.
     """
 
     needs_grad = True
